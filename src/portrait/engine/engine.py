@@ -1,0 +1,248 @@
+"""The engine: ``P(t+1) = f(P(t), D(t))`` over micro-batches.
+
+For every batch of validated events it
+
+1. drops duplicates (``event_id`` seen before, in the store or earlier in the
+   same batch — the first copy wins);
+2. computes the batch's partial state per user (one vectorised group-by per
+   feature, :class:`~portrait.features.ProfileAggregator`);
+3. merges it into the touched users' current states and prunes them at the
+   new watermark (largest event time seen);
+4. commits events, states, dead letters and the source checkpoint as one
+   atomic store batch.
+
+Because merge is associative and commutative, the result does not depend on
+arrival order or batching: late events are simply merged. Reads at the
+watermark or later use the state; reads before it (time travel) rebuild the
+user's state from the event log with ``ts <= at`` — exact by construction.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from portrait.engine.output import profile_json
+from portrait.errors import StoreError, UnknownSegmentError, UnknownUserError
+from portrait.events.readers import read_events, source_fingerprint
+from portrait.events.schema import EVENT_COLUMNS, DeadLetter
+from portrait.features import ProfileAggregator
+from portrait.features.base import USER
+from portrait.spec.loader import parse_spec
+from portrait.spec.model import Spec
+from portrait.spec.rules import to_polars
+from portrait.store.base import Checkpoint, Commit, Store
+from portrait.timeutil import format_us
+
+DEFAULT_BATCH_SIZE = 500_000
+
+
+@dataclass
+class IngestSummary:
+    """Counts of one ``ingest`` call (the CLI prints ``to_json()``)."""
+
+    accepted: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    watermark: int | None = None
+    files: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "duplicates": self.duplicates,
+            "watermark": None if self.watermark is None else format_us(self.watermark),
+        }
+
+
+ProgressFn = Callable[[str, int, IngestSummary], None]
+
+
+class Engine:
+    """Profiles from events, incrementally. ``Engine(spec, store).ingest(paths)``.
+
+    ``spec`` may be None for a store that already has one; a different spec
+    from the one a store was built with is refused (it would need a rebuild).
+    """
+
+    def __init__(self, spec: Spec | None, store: Store, *, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        meta = store.meta()
+        if spec is None:
+            if meta.spec_text is None:
+                raise StoreError("this database has no spec yet: pass --spec on the first ingest")
+            spec = parse_spec(meta.spec_text, source="<spec stored in the database>")
+        elif meta.spec_text is not None:
+            stored = parse_spec(meta.spec_text, source="<spec stored in the database>")
+            if _spec_key(stored) != _spec_key(spec):
+                raise StoreError(
+                    "this database was built with a different spec; ingest into a new --db "
+                    "(or omit --spec to use the stored one)"
+                )
+        self.spec = spec
+        self.store = store
+        self.batch_size = batch_size
+        self.agg = ProfileAggregator(spec)
+        self.watermark: int | None = meta.watermark
+        self._states: pl.DataFrame | None = None
+        self._spec_saved = meta.spec_text is not None
+
+    # -- ingest ----------------------------------------------------------
+    def ingest(
+        self, paths: Iterable[str | os.PathLike[str]], *, progress: ProgressFn | None = None
+    ) -> IngestSummary:
+        """Ingest files (JSONL, CSV, Parquet); resumes a file a crash interrupted."""
+        summary = IngestSummary(watermark=self.watermark)
+        for path in paths:
+            self._ingest_file(str(path), summary, progress)
+        summary.watermark = self.watermark
+        return summary
+
+    def _ingest_file(self, path: str, summary: IngestSummary, progress: ProgressFn | None) -> None:
+        fp = source_fingerprint(path)
+        cp = self.store.checkpoint(fp)
+        if cp is None or cp.complete:
+            cp = Checkpoint(fp, path, 0, 0, 0, 0, complete=False)
+        batches = read_events(path, batch_size=self.batch_size, skip_rows=cp.rows_done)
+        pending = next(batches, None)
+        if pending is None:  # empty file, or nothing left after a resume
+            self._apply(_no_events(), [])
+            cp = Checkpoint(fp, path, cp.rows_done, cp.accepted, cp.rejected, cp.duplicates, True)
+            self._commit_pending(cp)
+        while pending is not None:
+            batch, pending = pending, next(batches, None)
+            accepted, dups = self._apply(batch.events, batch.rejects)
+            cp = Checkpoint(
+                fp, path, batch.rows_end, cp.accepted + accepted, cp.rejected + len(batch.rejects),
+                cp.duplicates + dups, complete=pending is None,
+            )
+            self._commit_pending(cp)
+            if progress is not None:
+                progress(path, batch.rows_end, summary)
+        summary.accepted += cp.accepted
+        summary.rejected += cp.rejected
+        summary.duplicates += cp.duplicates
+        summary.files.append({"path": path, "accepted": cp.accepted, "rejected": cp.rejected,
+                              "duplicates": cp.duplicates})
+
+    def ingest_events(
+        self, events: pl.DataFrame, rejects: Sequence[DeadLetter] = ()
+    ) -> tuple[int, int]:
+        """Ingest an already validated batch (API, streams). Returns (accepted, duplicates)."""
+        accepted, dups = self._apply(events, list(rejects))
+        self._commit_pending(None)
+        return accepted, dups
+
+    def _load_states(self) -> pl.DataFrame:
+        if self._states is None:
+            found = self.store.states()
+            self._states = self.agg.conform(found) if found.height else self.agg.empty()
+        return self._states
+
+    def _apply(self, events: pl.DataFrame, rejects: list[DeadLetter]) -> tuple[int, int]:
+        """Dedup + aggregate one batch; the result waits in ``_pending`` for commit."""
+        states = self._load_states()
+        if events.height:
+            first = events["event_id"].is_first_distinct()
+            fresh = first & ~self.store.seen(events["event_id"])
+            new = events.filter(fresh).select(EVENT_COLUMNS)
+        else:
+            new = events.select(EVENT_COLUMNS) if events.width else _no_events()
+        dups = events.height - new.height
+        merged = self.agg.empty()
+        new_users = 0
+        if new.height:
+            batch_max = new["ts"].max()
+            assert isinstance(batch_max, int)
+            self.watermark = batch_max if self.watermark is None else max(self.watermark, batch_max)
+            partial = self.agg.partial(new)
+            old = states.join(partial.select(USER), on=USER, how="semi")
+            merged = self.agg.merge(old, partial) if old.height else partial
+            merged = self.agg.prune(merged, self.watermark)
+            new_users = partial.height - old.height
+        self._pending = Commit(
+            events=new, states=merged, dead_letters=rejects, watermark=self.watermark,
+            duplicates=dups, new_users=new_users,
+            spec_text=None if self._spec_saved else self.spec.text,
+        )
+        return new.height, dups
+
+    def _commit_pending(self, checkpoint: Checkpoint | None) -> None:
+        pending = self._pending
+        pending.checkpoint = checkpoint
+        self.store.commit(pending)
+        self._spec_saved = True
+        if pending.states.height:
+            states = self._load_states()
+            keep = states.join(pending.states.select(USER), on=USER, how="anti")
+            self._states = pl.concat([keep, pending.states])
+
+    # -- reads -----------------------------------------------------------
+    def read_at(self, at: int | None = None, user_ids: list[str] | None = None) -> pl.DataFrame:
+        """Feature values (one column per feature) for users, as of ``at``.
+
+        ``at`` defaults to the watermark. Before the watermark, states are
+        rebuilt from the event log (exact time travel).
+        """
+        wm = self.store.meta().watermark
+        if wm is None:
+            return self.agg.read(self.agg.empty(), 0)
+        at = wm if at is None else at
+        if at >= wm:
+            states = self._states if self._states is not None and user_ids is None else None
+            if states is None:
+                states = self.store.states(user_ids)
+            states = self.agg.conform(states) if states.height else self.agg.empty()
+        else:
+            log = self.store.events(user_ids, until=at)
+            states = self.agg.partial(log) if log.height else self.agg.empty()
+            if user_ids is not None:
+                present = self.store.states(user_ids).select(USER)
+                states = present.join(states, on=USER, how="left")
+                states = self.agg.conform(states)
+        return self.agg.read(states, at)
+
+    def segments_frame(self, values: pl.DataFrame) -> pl.DataFrame:
+        """``user_id`` + one boolean column per segment."""
+        exprs = [to_polars(seg.rule).alias(name) for name, seg in self.spec.segments.items()]
+        return values.select(USER, *exprs)
+
+    def profile(self, user_id: str, at: int | None = None) -> dict[str, Any]:
+        """The profile JSON (DESIGN.md contract) of one user as of ``at``."""
+        values = self.read_at(at, [user_id])
+        if values.height == 0:
+            raise UnknownUserError(f"unknown user {user_id!r}")
+        seg = self.segments_frame(values).row(0, named=True)
+        members = [name for name in self.spec.segments if seg[name]]
+        as_of = self.store.meta().watermark if at is None else at
+        return profile_json(user_id, as_of, dict(self.spec.features), values.row(0, named=True), members)
+
+    def segment_members(self, name: str, at: int | None = None) -> list[str]:
+        """Users in segment ``name`` as of ``at`` (sorted)."""
+        if name not in self.spec.segments:
+            known = ", ".join(self.spec.segments) or "none"
+            raise UnknownSegmentError(f"unknown segment {name!r} (defined: {known})")
+        values = self.read_at(at)
+        seg = self.segments_frame(values)
+        return sorted(seg.filter(pl.col(name))[USER].to_list())
+
+
+def _no_events() -> pl.DataFrame:
+    from portrait.events.schema import EVENT_SCHEMA
+
+    return pl.DataFrame(schema=EVENT_SCHEMA)
+
+
+def _spec_key(spec: Spec) -> tuple[Any, ...]:
+    feats = tuple((n, _strip_line(f)) for n, f in spec.features.items())
+    segs = tuple((n, s.text) for n, s in spec.segments.items())
+    return feats, segs
+
+
+def _strip_line(f: Any) -> tuple[Any, ...]:
+    return (f.kind, f.field, f.key, f.where, f.window_us, f.half_life_us, f.weights,
+            f.default_weight, f.k)

@@ -1,0 +1,1 @@
+"""Events: the v1 contract, readers for files, validation, dead letters."""

@@ -1,0 +1,94 @@
+"""The aggregator protocol and helpers shared by every kind.
+
+State columns of feature ``f`` are named ``f__<part>`` so that all features of
+a spec live side by side in one frame (one row per user) that is written to
+Parquet as is. A missing row, or nulls in a row, is the identity state.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+if TYPE_CHECKING:
+    from portrait.spec.model import FeatureSpec
+
+USER = "user_id"
+
+
+def where_mask(spec: FeatureSpec) -> pl.Expr:
+    """The ``where`` filter of a feature: every listed field must be in its values."""
+    mask = pl.lit(True)
+    for field, values in spec.where:
+        mask = mask & pl.col(field).cast(pl.String).is_in(list(values)).fill_null(False)
+    return mask
+
+
+class Aggregator(ABC):
+    """One feature kind over a Polars frame keyed by ``user_id``.
+
+    Subclasses declare ``parts`` (state column suffix -> dtype) and implement
+    the four operations. ``value_dtype`` is the dtype of ``read``'s column.
+    """
+
+    parts: dict[str, pl.DataType]
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+
+    def col(self, part: str) -> str:
+        """The state column name of ``part``."""
+        return f"{self.name}__{part}"
+
+    @property
+    def state_schema(self) -> dict[str, pl.DataType]:
+        return {self.col(p): dt for p, dt in self.parts.items()}
+
+    @property
+    def event_columns(self) -> tuple[str, ...]:
+        """Event columns ``lift`` reads (besides user_id)."""
+        cols = ["ts", "event_id"]
+        for extra in (self.spec.field, self.spec.key):
+            if extra is not None and extra not in cols:
+                cols.append(extra)
+        if self.spec.kind == "decayed":
+            cols.append("type")
+        return tuple(cols)
+
+    def select_events(self, events: pl.DataFrame) -> pl.DataFrame:
+        """The events this feature counts: ``where`` applied, null inputs dropped."""
+        mask = where_mask(self.spec)
+        for required in self.required_non_null():
+            mask = mask & pl.col(required).is_not_null()
+        return events.filter(mask)
+
+    def required_non_null(self) -> tuple[str, ...]:
+        """Event fields that must be present for an event to count."""
+        return tuple(c for c in (self.spec.field, self.spec.key) if c is not None)
+
+    def partial(self, events: pl.DataFrame) -> pl.DataFrame:
+        """``combine(lift(events))``: the state of a set of events, one row per user."""
+        return self.combine(self.lift(self.select_events(events)))
+
+    @abstractmethod
+    def lift(self, events: pl.DataFrame) -> pl.DataFrame:
+        """One state row per (already selected) event: ``user_id`` + state columns."""
+
+    @abstractmethod
+    def combine(self, states: pl.DataFrame) -> pl.DataFrame:
+        """Merge rows of the same user. Must be associative and commutative."""
+
+    def prune(self, states: pl.DataFrame, watermark: int) -> pl.DataFrame:
+        """Drop state that cannot affect a read at ``at >= watermark``. Default: none."""
+        return states
+
+    @abstractmethod
+    def read(self, states: pl.DataFrame, at: int) -> pl.Series:
+        """The value at ``at`` (epoch µs) for every row of ``states`` (nulls = identity)."""
+
+
+def empty_states(schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    return pl.DataFrame(schema={USER: pl.String(), **schema})

@@ -1,0 +1,290 @@
+"""Map kinds: ``distinct``, ``top_k`` and ``decayed`` (scalar or keyed).
+
+Map states are parallel list columns per user (``keys`` / ``counts`` or
+``vals``). ``combine`` explodes to one row per (user, key), aggregates, and
+implodes with keys sorted, so equal inputs give byte-equal states.
+
+Bounds (documented in docs/semantics.md):
+
+* ``distinct`` is exact up to :data:`DISTINCT_EXACT_LIMIT` keys per user, then
+  a HyperLogLog sketch (:mod:`portrait.features.hll`);
+* ``top_k`` keeps exact counts for up to :data:`TOPK_MAX_KEYS` keys per user,
+  then only the most frequent ones;
+* ``decayed`` drops a key once its value at the watermark is below
+  :data:`DECAY_EPSILON` (it can only shrink further).
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from portrait.features import hll
+from portrait.features.base import USER, Aggregator
+
+DISTINCT_EXACT_LIMIT = 10_000
+TOPK_MAX_KEYS = 10_000
+DECAY_EPSILON = 1e-6
+LN2 = 0.6931471805599453
+
+
+class Distinct(Aggregator):
+    """Number of distinct values of a field (exact, then a sketch)."""
+
+    parts = {"keys": pl.List(pl.String()), "hll": pl.Binary()}
+
+    def lift(self, events: pl.DataFrame) -> pl.DataFrame:
+        return events.select(
+            USER,
+            pl.concat_list(pl.col(self.spec.field).cast(pl.String)).alias(self.col("keys")),
+            pl.lit(None, pl.Binary).alias(self.col("hll")),
+        )
+
+    def partial(self, events: pl.DataFrame) -> pl.DataFrame:
+        sel = self.select_events(events)
+        out = sel.group_by(USER).agg(
+            pl.col(self.spec.field).cast(pl.String).unique().sort().alias(self.col("keys")),
+        )
+        out = out.with_columns(pl.lit(None, pl.Binary).alias(self.col("hll")))
+        return self._sketch_large(out)
+
+    def combine(self, states: pl.DataFrame) -> pl.DataFrame:
+        k, h = self.col("keys"), self.col("hll")
+        out = states.group_by(USER).agg(
+            pl.col(k).explode().drop_nulls().unique().sort(),
+            pl.col(h).drop_nulls(),
+        )
+        needs = out.filter(pl.col(h).list.len() > 0)
+        if needs.height == 0:
+            return self._sketch_large(out.with_columns(pl.lit(None, pl.Binary).alias(h)))
+        exact = out.filter(pl.col(h).list.len() == 0).with_columns(pl.lit(None, pl.Binary).alias(h))
+        rows = []
+        for user, keys, sketches in needs.iter_rows():
+            regs = hll.add(hll.empty(), keys)
+            for blob in sketches:
+                regs = hll.merge(regs, hll.from_bytes(blob))
+            rows.append((user, None, hll.to_bytes(regs)))
+        merged = pl.DataFrame(rows, schema={USER: pl.String(), **self.state_schema}, orient="row")
+        return pl.concat([self._sketch_large(exact), merged])
+
+    def _sketch_large(self, states: pl.DataFrame) -> pl.DataFrame:
+        """Turn exact key sets above the limit into sketches (rare, per user)."""
+        k, h = self.col("keys"), self.col("hll")
+        big = pl.col(k).list.len() > DISTINCT_EXACT_LIMIT
+        large = states.filter(big)
+        if large.height == 0:
+            return states
+        rows = [
+            (user, None, hll.to_bytes(hll.add(hll.empty(), keys)))
+            for user, keys in large.select(USER, k).iter_rows()
+        ]
+        sketched = pl.DataFrame(rows, schema={USER: pl.String(), **self.state_schema}, orient="row")
+        return pl.concat([states.filter(~big), sketched])
+
+    def read(self, states: pl.DataFrame, at: int) -> pl.Series:
+        exact = states[self.col("keys")].list.len().fill_null(0).cast(pl.Int64)
+        blobs = states[self.col("hll")]
+        if blobs.null_count() == len(blobs):
+            return exact.alias(self.name)
+        est = [
+            None if b is None else hll.estimate(hll.from_bytes(b)) for b in blobs.to_list()
+        ]
+        return (
+            pl.Series(est, dtype=pl.Int64).fill_null(exact).alias(self.name)
+        )
+
+
+class TopK(Aggregator):
+    """The k most frequent keys with their counts (ties broken by key order)."""
+
+    parts = {"keys": pl.List(pl.String()), "counts": pl.List(pl.Int64())}
+
+    def lift(self, events: pl.DataFrame) -> pl.DataFrame:
+        return events.select(
+            USER,
+            pl.concat_list(pl.col(self.spec.key)).alias(self.col("keys")),
+            pl.concat_list(pl.lit(1, pl.Int64)).alias(self.col("counts")),
+        )
+
+    def partial(self, events: pl.DataFrame) -> pl.DataFrame:
+        sel = self.select_events(events)
+        long = sel.group_by(USER, self.spec.key).agg(pl.len().cast(pl.Int64).alias("_c"))
+        return self._implode(long.rename({self.spec.key: "_k"}))
+
+    def combine(self, states: pl.DataFrame) -> pl.DataFrame:
+        k, c = self.col("keys"), self.col("counts")
+        long = (
+            states.select(USER, pl.col(k).alias("_k"), pl.col(c).alias("_c"))
+            .explode(["_k", "_c"])
+            .drop_nulls("_k")
+            .group_by(USER, "_k")
+            .agg(pl.col("_c").sum())
+        )
+        users = states.select(USER).unique()
+        out = self._implode(long)
+        return pl.concat([out, users.join(out.select(USER), on=USER, how="anti")], how="diagonal")
+
+    def _implode(self, long: pl.DataFrame) -> pl.DataFrame:
+        if long.height and long.group_by(USER).len()["len"].max() > TOPK_MAX_KEYS:  # type: ignore[operator]
+            long = long.sort([USER, "_c", "_k"], descending=[False, True, False])
+            long = long.group_by(USER, maintain_order=True).head(TOPK_MAX_KEYS)
+        long = long.sort([USER, "_k"])
+        return long.group_by(USER, maintain_order=True).agg(
+            pl.col("_k").alias(self.col("keys")), pl.col("_c").alias(self.col("counts"))
+        )
+
+    def read(self, states: pl.DataFrame, at: int) -> pl.Series:
+        k = self.spec.k or 1
+        long = (
+            states.select(
+                pl.int_range(pl.len()).alias("_row"),
+                pl.col(self.col("keys")).alias("key"),
+                pl.col(self.col("counts")).cast(pl.List(pl.Float64)).alias("value"),
+            )
+            .explode(["key", "value"])
+            .drop_nulls("key")
+            .sort(["_row", "value", "key"], descending=[False, True, False])
+            .group_by("_row", maintain_order=True)
+            .head(k)
+        )
+        return _long_to_map(long, states.height, self.name)
+
+
+def _long_to_map(long: pl.DataFrame, height: int, name: str) -> pl.Series:
+    """(_row, key, value) rows -> a List(Struct(key, value)) series of ``height``."""
+    packed = long.group_by("_row", maintain_order=True).agg(pl.struct("key", "value").alias(name))
+    rows = pl.DataFrame({"_row": pl.int_range(height, eager=True)})
+    out = rows.join(packed, on="_row", how="left", maintain_order="left")
+    dtype = pl.List(pl.Struct({"key": pl.String(), "value": pl.Float64()}))
+    return out[name].cast(dtype).fill_null(pl.lit([], dtype))
+
+
+class Decayed(Aggregator):
+    """Time-decayed weighted count: ``sum(w_i * 2 ** (-(at - t_i) / half_life))``.
+
+    The state stores the value at a reference time ``ref`` (the user's latest
+    event time), so a read is one multiplication and values never overflow.
+    With ``key`` it is a map key -> value sharing one ``ref`` per user.
+    """
+
+    def __init__(self, spec):  # type: ignore[no-untyped-def]
+        super().__init__(spec)
+        self.half_life = float(spec.half_life_us)
+        self.keyed = spec.key is not None
+        if self.keyed:
+            self.parts = {"ref": pl.Int64(), "keys": pl.List(pl.String()), "vals": pl.List(pl.Float64())}
+        else:
+            self.parts = {"ref": pl.Int64(), "v": pl.Float64()}
+
+    def _weight(self) -> pl.Expr:
+        weights = dict(self.spec.weights)
+        default = float(self.spec.default_weight)
+        if not weights:
+            return pl.lit(default, pl.Float64)
+        return pl.col("type").replace_strict(weights, default=default, return_dtype=pl.Float64)
+
+    def _decay(self, dt: pl.Expr) -> pl.Expr:
+        """``2 ** (dt / half_life)`` for ``dt <= 0`` microseconds."""
+        return (dt.cast(pl.Float64) * (LN2 / self.half_life)).exp()
+
+    def lift(self, events: pl.DataFrame) -> pl.DataFrame:
+        w = self._weight()
+        if self.keyed:
+            return events.select(
+                USER,
+                pl.col("ts").alias(self.col("ref")),
+                pl.concat_list(pl.col(self.spec.key)).alias(self.col("keys")),
+                pl.concat_list(w).alias(self.col("vals")),
+            )
+        return events.select(USER, pl.col("ts").alias(self.col("ref")), w.alias(self.col("v")))
+
+    def partial(self, events: pl.DataFrame) -> pl.DataFrame:
+        sel = self.select_events(events)
+        ref = pl.col("ts").max().over(USER)
+        contrib = (self._weight() * self._decay(pl.col("ts") - ref)).alias("_v")
+        if not self.keyed:
+            return sel.group_by(USER).agg(
+                pl.col("ts").max().alias(self.col("ref")),
+                (self._weight() * self._decay(pl.col("ts") - pl.col("ts").max())).sum().alias(self.col("v")),
+            )
+        long = sel.select(USER, pl.col(self.spec.key).alias("_k"), ref.alias("_ref"), contrib)
+        long = long.group_by(USER, "_k").agg(pl.col("_ref").first(), pl.col("_v").sum())
+        return self._implode(long)
+
+    def _implode(self, long: pl.DataFrame) -> pl.DataFrame:
+        long = long.sort([USER, "_k"])
+        return long.group_by(USER, maintain_order=True).agg(
+            pl.col("_ref").first().alias(self.col("ref")),
+            pl.col("_k").alias(self.col("keys")),
+            pl.col("_v").alias(self.col("vals")),
+        )
+
+    def combine(self, states: pl.DataFrame) -> pl.DataFrame:
+        r = self.col("ref")
+        valid = states.filter(pl.col(r).is_not_null())
+        if not self.keyed:
+            v = self.col("v")
+            return valid.group_by(USER).agg(
+                pl.col(r).max(), (pl.col(v) * self._decay(pl.col(r) - pl.col(r).max())).sum()
+            )
+        long = (
+            valid.select(
+                USER,
+                pl.col(r).max().over(USER).alias("_ref"),
+                (pl.col(r) - pl.col(r).max().over(USER)).alias("_dt"),
+                pl.col(self.col("keys")).alias("_k"),
+                pl.col(self.col("vals")).alias("_v"),
+            )
+            .explode(["_k", "_v"])
+            .drop_nulls("_k")
+            .group_by(USER, "_k")
+            .agg(pl.col("_ref").first(), (pl.col("_v") * self._decay(pl.col("_dt"))).sum())
+        )
+        out = self._implode(long)
+        users = valid.group_by(USER).agg(pl.col(r).max())
+        missing = users.join(out.select(USER), on=USER, how="anti").with_columns(
+            pl.lit([], pl.List(pl.String)).alias(self.col("keys")),
+            pl.lit([], pl.List(pl.Float64)).alias(self.col("vals")),
+        )
+        return pl.concat([out, missing.select(out.columns)])
+
+    def prune(self, states: pl.DataFrame, watermark: int) -> pl.DataFrame:
+        if not self.keyed or states.height == 0:
+            return states
+        r, k, v = self.col("ref"), self.col("keys"), self.col("vals")
+        long = (
+            states.select(USER, pl.col(r).alias("_ref"), pl.col(k).alias("_k"), pl.col(v).alias("_v"))
+            .filter(pl.col("_ref").is_not_null())
+            .explode(["_k", "_v"])
+            .filter(
+                pl.col("_k").is_not_null()
+                & (pl.col("_v") * self._decay(pl.col("_ref") - watermark) >= DECAY_EPSILON)
+            )
+        )
+        kept = self._implode(long)
+        rest = states.drop([k, v]).join(kept.drop(r), on=USER, how="left", maintain_order="left")
+        rest = rest.with_columns(
+            pl.col(k).fill_null(pl.lit([], pl.List(pl.String))),
+            pl.col(v).fill_null(pl.lit([], pl.List(pl.Float64))),
+        )
+        return rest.select(states.columns)
+
+    def read(self, states: pl.DataFrame, at: int) -> pl.Series:
+        r = self.col("ref")
+        factor = self._decay(pl.col(r) - at)
+        if not self.keyed:
+            out = states.select((pl.col(self.col("v")) * factor).fill_null(0.0).alias(self.name))
+            return out[self.name]
+        long = (
+            states.select(
+                pl.int_range(pl.len()).alias("_row"),
+                pl.col(self.col("keys")).alias("key"),
+                pl.col(self.col("vals")).alias("value"),
+                factor.alias("_f"),
+            )
+            .explode(["key", "value"])
+            .drop_nulls("key")
+            .with_columns(pl.col("value") * pl.col("_f"))
+            .filter(pl.col("value") >= DECAY_EPSILON)
+            .sort(["_row", "value", "key"], descending=[False, True, False])
+        )
+        return _long_to_map(long.select("_row", "key", "value"), states.height, self.name)

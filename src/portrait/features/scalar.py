@@ -1,0 +1,129 @@
+"""Scalar kinds: count, sum, avg, min, max, first, last.
+
+Each state is one or two numbers per user; ``combine`` is a plain group-by
+aggregation, so merge laws hold by construction (up to float rounding for
+``sum``/``avg`` of floats, see docs/semantics.md).
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from portrait.events.schema import EVENT_SCHEMA
+from portrait.features.base import USER, Aggregator
+
+
+def _field_dtype(field: str | None) -> pl.DataType:
+    assert field is not None
+    dtype = EVENT_SCHEMA[field]
+    return pl.Int64() if dtype == pl.Int64() else dtype
+
+
+class Count(Aggregator):
+    """Number of matching events."""
+
+    parts = {"n": pl.Int64()}
+
+    def lift(self, events: pl.DataFrame) -> pl.DataFrame:
+        return events.select(USER, pl.lit(1, pl.Int64).alias(self.col("n")))
+
+    def partial(self, events: pl.DataFrame) -> pl.DataFrame:
+        sel = self.select_events(events)
+        return sel.group_by(USER).agg(pl.len().cast(pl.Int64).alias(self.col("n")))
+
+    def combine(self, states: pl.DataFrame) -> pl.DataFrame:
+        return states.group_by(USER).agg(pl.col(self.col("n")).sum())
+
+    def read(self, states: pl.DataFrame, at: int) -> pl.Series:
+        return states[self.col("n")].fill_null(0).alias(self.name)
+
+
+class Sum(Aggregator):
+    """Sum of a numeric field (Int64 for ``quantity``, Float64 otherwise)."""
+
+    def __init__(self, spec):  # type: ignore[no-untyped-def]
+        super().__init__(spec)
+        self.parts = {"s": _field_dtype(spec.field)}
+
+    def lift(self, events: pl.DataFrame) -> pl.DataFrame:
+        dt = self.parts["s"]
+        return events.select(USER, pl.col(self.spec.field).cast(dt).alias(self.col("s")))
+
+    def combine(self, states: pl.DataFrame) -> pl.DataFrame:
+        return states.group_by(USER).agg(pl.col(self.col("s")).sum())
+
+    def read(self, states: pl.DataFrame, at: int) -> pl.Series:
+        return states[self.col("s")].fill_null(0).alias(self.name)
+
+
+class Avg(Aggregator):
+    """Mean of a numeric field; null when no event has it."""
+
+    parts = {"s": pl.Float64(), "n": pl.Int64()}
+
+    def lift(self, events: pl.DataFrame) -> pl.DataFrame:
+        return events.select(
+            USER,
+            pl.col(self.spec.field).cast(pl.Float64).alias(self.col("s")),
+            pl.lit(1, pl.Int64).alias(self.col("n")),
+        )
+
+    def combine(self, states: pl.DataFrame) -> pl.DataFrame:
+        return states.group_by(USER).agg(pl.col(self.col("s")).sum(), pl.col(self.col("n")).sum())
+
+    def read(self, states: pl.DataFrame, at: int) -> pl.Series:
+        n = states[self.col("n")].fill_null(0)
+        s = states[self.col("s")].fill_null(0.0)
+        return (s / n.cast(pl.Float64)).fill_nan(None).alias(self.name)
+
+
+class Extremum(Aggregator):
+    """``min`` or ``max`` of a numeric field; null when no event has it."""
+
+    def __init__(self, spec):  # type: ignore[no-untyped-def]
+        super().__init__(spec)
+        self.parts = {"m": _field_dtype(spec.field)}
+        self.is_max = spec.kind == "max"
+
+    def lift(self, events: pl.DataFrame) -> pl.DataFrame:
+        dt = self.parts["m"]
+        return events.select(USER, pl.col(self.spec.field).cast(dt).alias(self.col("m")))
+
+    def combine(self, states: pl.DataFrame) -> pl.DataFrame:
+        c = pl.col(self.col("m"))
+        return states.group_by(USER).agg(c.max() if self.is_max else c.min())
+
+    def read(self, states: pl.DataFrame, at: int) -> pl.Series:
+        return states[self.col("m")].alias(self.name)
+
+
+class FirstLast(Aggregator):
+    """The field value of the earliest (``first``) or latest (``last``) event.
+
+    Ties in time are broken by ``event_id`` (smallest first, largest last), so
+    the answer never depends on arrival order.
+    """
+
+    def __init__(self, spec):  # type: ignore[no-untyped-def]
+        super().__init__(spec)
+        self.parts = {"ts": pl.Int64(), "eid": pl.String(), "v": _field_dtype(spec.field)}
+        self.is_last = spec.kind == "last"
+
+    def lift(self, events: pl.DataFrame) -> pl.DataFrame:
+        return events.select(
+            USER,
+            pl.col("ts").alias(self.col("ts")),
+            pl.col("event_id").alias(self.col("eid")),
+            pl.col(self.spec.field).cast(self.parts["v"]).alias(self.col("v")),
+        )
+
+    def combine(self, states: pl.DataFrame) -> pl.DataFrame:
+        ts, eid = self.col("ts"), self.col("eid")
+        keep = states.filter(pl.col(ts).is_not_null())
+        order = keep.sort([ts, eid], descending=self.is_last)
+        picked = order.group_by(USER, maintain_order=True).first()
+        missing = states.select(USER).unique().join(picked.select(USER), on=USER, how="anti")
+        return pl.concat([picked.select(USER, ts, eid, self.col("v")), missing], how="diagonal")
+
+    def read(self, states: pl.DataFrame, at: int) -> pl.Series:
+        return states[self.col("v")].alias(self.name)

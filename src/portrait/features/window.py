@@ -1,0 +1,66 @@
+"""Sliding event-time windows around any kind (river's ``TimeRolling`` idea).
+
+A windowed feature keeps the raw inputs of its inner kind (time, id and the
+one or two fields it reads) for events inside the horizon, and reads by
+running the inner kind over the entries with ``at - window < ts <= at``. That
+is exact for every ``at >= watermark``; entries with ``ts <= watermark -
+window`` can never count again and are pruned, which bounds the state by the
+window. Reads before the watermark rebuild from the event log instead.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from portrait.events.schema import EVENT_SCHEMA
+from portrait.features.base import USER, Aggregator
+
+
+class Windowed(Aggregator):
+    """Wrap ``inner`` so that only events in ``(at - window, at]`` count."""
+
+    def __init__(self, spec, inner: Aggregator) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(spec)
+        self.inner = inner
+        self.window = int(spec.window_us)
+        cols = inner.event_columns
+        if spec.kind not in ("first", "last"):
+            cols = tuple(c for c in cols if c != "event_id")
+        self.entry_cols = cols
+        entry = pl.Struct({c: EVENT_SCHEMA[c] for c in cols})
+        self.parts = {"e": pl.List(entry)}
+
+    def lift(self, events: pl.DataFrame) -> pl.DataFrame:
+        return events.select(USER, pl.concat_list(pl.struct(self.entry_cols)).alias(self.col("e")))
+
+    def partial(self, events: pl.DataFrame) -> pl.DataFrame:
+        sel = self.select_events(events)
+        return sel.group_by(USER).agg(pl.struct(self.entry_cols).sort_by("ts").alias(self.col("e")))
+
+    def combine(self, states: pl.DataFrame) -> pl.DataFrame:
+        e = self.col("e")
+        return states.group_by(USER).agg(pl.col(e).explode().drop_nulls())
+
+    def prune(self, states: pl.DataFrame, watermark: int) -> pl.DataFrame:
+        cutoff = watermark - self.window
+        e = self.col("e")
+        return states.with_columns(
+            pl.col(e).list.eval(pl.element().filter(pl.element().struct.field("ts") > cutoff))
+        )
+
+    def read(self, states: pl.DataFrame, at: int) -> pl.Series:
+        e = self.col("e")
+        entries = (
+            states.select(pl.int_range(pl.len()).cast(pl.String).alias(USER), pl.col(e))
+            .explode(e)
+            .drop_nulls(e)
+            .unnest(e)
+            .filter((pl.col("ts") > at - self.window) & (pl.col("ts") <= at))
+        )
+        inner_states = self.inner.combine(self.inner.lift(entries))
+        rows = pl.DataFrame({USER: pl.int_range(states.height, eager=True).cast(pl.String)})
+        aligned = rows.join(inner_states, on=USER, how="left", maintain_order="left")
+        for col, dtype in self.inner.state_schema.items():
+            if col not in aligned.columns:
+                aligned = aligned.with_columns(pl.lit(None, dtype).alias(col))
+        return self.inner.read(aligned, at).alias(self.name)

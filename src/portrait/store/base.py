@@ -1,0 +1,93 @@
+"""The store protocol: what the engine needs from any back-end.
+
+A store holds, per database:
+
+* the **event log**: every accepted event, for replay, time travel, backfill
+  and erasure (everything about a user is found by ``user_id``);
+* the **profile state**: one row per user (the frame of
+  :class:`~portrait.features.ProfileAggregator`), always the merge of all
+  logged events of that user, pruned at the watermark;
+* the **de-duplication set**: the ``event_id`` of every logged event;
+* **dead letters**: rejected records, raw, with source, line and reason;
+* **checkpoints**: per source file, how far an ingest got, with its counts;
+* **meta**: the spec text, the watermark, running totals.
+
+``commit`` applies one micro-batch atomically: after a crash at any point,
+a reader sees either all of a batch or none of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import polars as pl
+
+from portrait.events.schema import DeadLetter
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Progress of one source file (identified by content fingerprint)."""
+
+    fingerprint: str
+    path: str
+    rows_done: int
+    accepted: int
+    rejected: int
+    duplicates: int
+    complete: bool
+
+
+@dataclass(frozen=True)
+class StoreMeta:
+    spec_text: str | None
+    watermark: int | None
+    accepted: int
+    rejected: int
+    duplicates: int
+    users: int
+
+
+@dataclass
+class Commit:
+    """One micro-batch to apply atomically."""
+
+    events: pl.DataFrame  # new, de-duplicated events (EVENT_SCHEMA columns)
+    states: pl.DataFrame  # full new state rows of every user the batch touched
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    watermark: int | None = None
+    checkpoint: Checkpoint | None = None
+    duplicates: int = 0
+    new_users: int = 0
+    spec_text: str | None = None
+
+
+class Store(Protocol):
+    """What the engine needs from a back-end. Implementations: ``EmbeddedStore``."""
+
+    def meta(self) -> StoreMeta: ...
+
+    def set_spec(self, spec_text: str) -> None: ...
+
+    def commit(self, commit: Commit) -> None: ...
+
+    def states(self, user_ids: list[str] | None = None) -> pl.DataFrame:
+        """Current state rows (all users when ``user_ids`` is None)."""
+        ...
+
+    def has_user(self, user_id: str) -> bool: ...
+
+    def events(self, user_ids: list[str] | None = None, until: int | None = None) -> pl.DataFrame:
+        """Logged events (of ``user_ids``; with ``ts <= until``)."""
+        ...
+
+    def seen(self, event_ids: pl.Series) -> pl.Series:
+        """Boolean mask: which of ``event_ids`` are already logged."""
+        ...
+
+    def dead_letters(self, limit: int | None = None) -> list[dict[str, object]]: ...
+
+    def checkpoint(self, fingerprint: str) -> Checkpoint | None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,378 @@
+"""The embedded store: SQLite (WAL) for metadata, Parquet files for data.
+
+Layout of a database directory::
+
+    portrait.sqlite      meta, file manifest, dead letters, checkpoints, batches
+    log/00000001.parquet events accepted in batch 1, sorted by (user_id, ts)
+    state/00000001.parquet full state rows of the users batch 1 touched
+    writer.lock          held (flock) by the one process that may write
+
+**Atomic batches.** ``commit`` first writes the batch's Parquet files under
+temporary names, fsyncs and renames them, then records them in the manifest in
+one SQLite transaction together with the dead letters, the checkpoint and the
+watermark. A file that is not in the manifest does not exist for readers; a
+writer deletes such orphans (left by a crash) when it opens the store. So a
+``kill -9`` at any moment loses at most the batch in flight, and the checkpoint
+says exactly where to resume.
+
+**Concurrent readers.** Readers never lock: they read the manifest inside one
+SQLite read transaction (WAL allows that while a writer commits), then the
+immutable Parquet files it names. The current state of a user is its row in
+the newest state file that has one. Compaction merges state files (newest row
+per user wins) and small log files, then swaps the manifest atomically; a
+reader that races with it retries on the new manifest.
+
+**Erasure-friendly.** Every data file and dead letter carries ``user_id``, so
+everything about one user can be found and rewritten without them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from portrait.errors import StoreError
+from portrait.events.schema import EVENT_SCHEMA
+from portrait.store.base import Checkpoint, Commit, StoreMeta
+
+USER = "user_id"
+MAX_STATE_FILES = 8
+MAX_SMALL_LOG_FILES = 16
+SMALL_LOG_ROWS = 2_000_000
+ROW_GROUP = 16_384
+
+_SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    kind TEXT NOT NULL CHECK (kind IN ('log', 'state')),
+    seq INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    rows INTEGER NOT NULL,
+    PRIMARY KEY (kind, seq)
+);
+CREATE TABLE IF NOT EXISTS batches (
+    seq INTEGER PRIMARY KEY,
+    committed_at REAL NOT NULL,
+    events INTEGER NOT NULL,
+    users INTEGER NOT NULL,
+    dead_letters INTEGER NOT NULL,
+    duplicates INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    batch INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    line INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    raw TEXT NOT NULL,
+    UNIQUE (fingerprint, line)
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    fingerprint TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    rows_done INTEGER NOT NULL,
+    accepted INTEGER NOT NULL,
+    rejected INTEGER NOT NULL,
+    duplicates INTEGER NOT NULL,
+    complete INTEGER NOT NULL
+);
+"""
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class EmbeddedStore:
+    """SQLite + Parquet store in one directory. See the module docstring."""
+
+    def __init__(self, path: str | os.PathLike[str], *, writer: bool = False) -> None:
+        self.root = Path(path)
+        self.writer = writer
+        self._lock_fd: int | None = None
+        self._seen: pl.Series | None = None
+        if writer:
+            self.root.mkdir(parents=True, exist_ok=True)
+            (self.root / "log").mkdir(exist_ok=True)
+            (self.root / "state").mkdir(exist_ok=True)
+            self._acquire_lock()
+        elif not (self.root / "portrait.sqlite").exists():
+            raise StoreError(f"no portrait database at {str(self.root)!r} (run `portrait ingest` first)")
+        self.db = sqlite3.connect(self.root / "portrait.sqlite", timeout=60, isolation_level=None)
+        self.db.execute("PRAGMA busy_timeout = 60000")
+        if writer:
+            self.db.execute("PRAGMA journal_mode = WAL")
+            self.db.execute("PRAGMA synchronous = FULL")
+            self.db.executescript(_SCHEMA_SQL)
+            self._remove_orphans()
+
+    # -- lifecycle -------------------------------------------------------
+    def _acquire_lock(self) -> None:
+        fd = os.open(self.root / "writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # waits for another ingest to finish
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        self.db.close()
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> EmbeddedStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _remove_orphans(self) -> None:
+        known = {row[0] for row in self.db.execute("SELECT name FROM files")}
+        for sub in ("log", "state"):
+            for f in (self.root / sub).iterdir():
+                if f"{sub}/{f.name}" not in known:
+                    f.unlink()
+
+    # -- manifest --------------------------------------------------------
+    @contextlib.contextmanager
+    def _read_txn(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN")
+        try:
+            yield self.db
+        finally:
+            self.db.execute("COMMIT")
+
+    def _files(self, kind: str) -> list[tuple[int, str]]:
+        rows = self.db.execute(
+            "SELECT seq, name FROM files WHERE kind = ? ORDER BY seq", (kind,)
+        ).fetchall()
+        return [(int(seq), str(name)) for seq, name in rows]
+
+    def _scan_retry(self, kind: str, build: Any) -> pl.DataFrame:
+        """Run ``build(files)`` on the current manifest; retry if compaction raced us."""
+        for attempt in range(5):
+            with self._read_txn():
+                files = self._files(kind)
+            try:
+                return build(files)  # type: ignore[no-any-return]
+            except FileNotFoundError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.05)
+        raise AssertionError("unreachable")
+
+    # -- meta ------------------------------------------------------------
+    def _get_meta(self, key: str) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def meta(self) -> StoreMeta:
+        with self._read_txn():
+            return StoreMeta(
+                spec_text=self._get_meta("spec_text"),
+                watermark=self._get_meta("watermark"),
+                accepted=self._get_meta("accepted") or 0,
+                rejected=self._get_meta("rejected") or 0,
+                duplicates=self._get_meta("duplicates") or 0,
+                users=self._get_meta("users") or 0,
+            )
+
+    def set_spec(self, spec_text: str) -> None:
+        self._require_writer()
+        self.db.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('spec_text', ?)", (json.dumps(spec_text),)
+        )
+
+    def _require_writer(self) -> None:
+        if not self.writer:
+            raise StoreError("this store was opened read-only")
+
+    # -- reads -----------------------------------------------------------
+    def states(self, user_ids: list[str] | None = None) -> pl.DataFrame:
+        def build(files: list[tuple[int, str]]) -> pl.DataFrame:
+            frames = []
+            for seq, name in reversed(files):
+                lf = pl.scan_parquet(self.root / name)
+                if user_ids is not None:
+                    lf = lf.filter(pl.col(USER).is_in(user_ids))
+                frame = lf.collect()
+                if frame.height:
+                    frames.append(frame.with_columns(pl.lit(seq).alias("_seq")))
+                if user_ids is not None and len(user_ids) == 1 and frame.height:
+                    break
+            if not frames:
+                return pl.DataFrame()
+            both = pl.concat(frames, how="diagonal_relaxed")
+            newest = both.sort("_seq", descending=True).unique(USER, keep="first", maintain_order=True)
+            return newest.drop("_seq").sort(USER)
+
+        return self._scan_retry("state", build)
+
+    def has_user(self, user_id: str) -> bool:
+        return self.states([user_id]).height > 0
+
+    def events(self, user_ids: list[str] | None = None, until: int | None = None) -> pl.DataFrame:
+        def build(files: list[tuple[int, str]]) -> pl.DataFrame:
+            if not files:
+                return pl.DataFrame(schema=EVENT_SCHEMA)
+            lf = pl.scan_parquet([self.root / name for _, name in files])
+            if user_ids is not None:
+                lf = lf.filter(pl.col(USER).is_in(user_ids))
+            if until is not None:
+                lf = lf.filter(pl.col("ts") <= until)
+            return lf.collect()
+
+        return self._scan_retry("log", build)
+
+    def seen(self, event_ids: pl.Series) -> pl.Series:
+        if self._seen is None:
+            log = self.events()
+            self._seen = log["event_id"] if log.height else pl.Series("event_id", [], pl.String)
+        return event_ids.is_in(self._seen)
+
+    def dead_letters(self, limit: int | None = None) -> list[dict[str, object]]:
+        sql = "SELECT source, line, reason, raw, batch FROM dead_letters ORDER BY id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        rows = self.db.execute(sql).fetchall()
+        return [
+            {"source": s, "line": ln, "reason": r, "raw": raw, "batch": b}
+            for s, ln, r, raw, b in rows
+        ]
+
+    def checkpoint(self, fingerprint: str) -> Checkpoint | None:
+        row = self.db.execute(
+            "SELECT fingerprint, path, rows_done, accepted, rejected, duplicates, complete "
+            "FROM checkpoints WHERE fingerprint = ?",
+            (fingerprint,),
+        ).fetchone()
+        if row is None:
+            return None
+        return Checkpoint(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]))
+
+    # -- writes ----------------------------------------------------------
+    def _write_parquet(self, frame: pl.DataFrame, name: str) -> None:
+        final = self.root / name
+        tmp = final.with_name(final.name + ".tmp")
+        frame.write_parquet(tmp, compression="zstd", row_group_size=ROW_GROUP, statistics=True)
+        _fsync_path(tmp)
+        tmp.rename(final)
+
+    def commit(self, commit: Commit) -> None:
+        """Apply one batch atomically (see the module docstring)."""
+        self._require_writer()
+        seq = (self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM batches").fetchone()[0]) + 1
+        new_files: list[tuple[str, int, str, int]] = []
+        if commit.events.height:
+            name = f"log/{seq:08d}.parquet"
+            self._write_parquet(commit.events.sort([USER, "ts"]), name)
+            new_files.append(("log", seq, name, commit.events.height))
+        if commit.states.height:
+            name = f"state/{seq:08d}.parquet"
+            self._write_parquet(commit.states.sort(USER), name)
+            new_files.append(("state", seq, name, commit.states.height))
+        for sub in ("log", "state"):
+            _fsync_path(self.root / sub)
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("INSERT INTO files VALUES (?, ?, ?, ?)", new_files)
+            db.execute(
+                "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)",
+                (seq, time.time(), commit.events.height, commit.states.height,
+                 len(commit.dead_letters), commit.duplicates),
+            )
+            fp = commit.checkpoint.fingerprint if commit.checkpoint else ""
+            db.executemany(
+                "INSERT OR IGNORE INTO dead_letters (batch, source, fingerprint, line, reason, raw) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(seq, d.source, fp or d.source, d.line, d.reason, d.raw) for d in commit.dead_letters],
+            )
+            if commit.checkpoint is not None:
+                c = commit.checkpoint
+                db.execute(
+                    "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (c.fingerprint, c.path, c.rows_done, c.accepted, c.rejected, c.duplicates,
+                     int(c.complete)),
+                )
+            self._bump(db, commit)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        if self._seen is not None and commit.events.height:
+            self._seen = pl.concat([self._seen, commit.events["event_id"]])
+        self._maybe_compact()
+
+    def _bump(self, db: sqlite3.Connection, commit: Commit) -> None:
+        def add(key: str, n: int) -> None:
+            cur = self._get_meta(key) or 0
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(cur + n)))
+
+        add("accepted", commit.events.height)
+        add("rejected", len(commit.dead_letters))
+        add("duplicates", commit.duplicates)
+        add("users", commit.new_users)
+        if commit.watermark is not None:
+            old = self._get_meta("watermark")
+            wm = commit.watermark if old is None else max(int(old), commit.watermark)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('watermark', ?)", (json.dumps(wm),))
+        if commit.spec_text is not None:
+            db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('spec_text', ?)", (json.dumps(commit.spec_text),)
+            )
+
+    # -- compaction ------------------------------------------------------
+    def _maybe_compact(self) -> None:
+        state_files = self._files("state")
+        if len(state_files) > MAX_STATE_FILES:
+            merged = self.states()
+            self._replace("state", state_files, merged.sort(USER))
+        log_files = self._files("log")
+        small = [
+            (seq, name)
+            for seq, name in log_files
+            if pl.scan_parquet(self.root / name).select(pl.len()).collect().item() < SMALL_LOG_ROWS
+        ]
+        if len(small) > MAX_SMALL_LOG_FILES:
+            frame = pl.read_parquet([self.root / n for _, n in small])
+            self._replace("log", small, frame.sort([USER, "ts"]))
+
+    def _replace(self, kind: str, old: list[tuple[int, str]], frame: pl.DataFrame) -> None:
+        """Swap ``old`` files of ``kind`` for one file holding ``frame``, atomically."""
+        seq = max(s for s, _ in old)
+        name = f"{kind}/{seq:08d}-c{int(time.time() * 1e6)}.parquet"
+        self._write_parquet(frame, name)
+        _fsync_path(self.root / kind)
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "DELETE FROM files WHERE kind = ? AND seq = ?", [(kind, s) for s, _ in old]
+            )
+            db.execute("INSERT INTO files VALUES (?, ?, ?, ?)", (kind, seq, name, frame.height))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        for _, n in old:
+            with contextlib.suppress(FileNotFoundError):
+                (self.root / n).unlink()
+
+
+def open_store(path: str | os.PathLike[str], *, writer: bool = False) -> EmbeddedStore:
+    """Open the embedded store at ``path`` (created when ``writer``)."""
+    return EmbeddedStore(path, writer=writer)
