@@ -1,0 +1,139 @@
+"""Physical lines of a text file, read in large blocks and handed out in runs.
+
+A :class:`LineRun` is ``count`` consecutive physical lines held as one bytes
+object (joined by ``\\n``, no trailing newline), plus the 1-based number of its
+first line. Keeping lines together lets fast parsers (pyarrow, Polars) take a
+whole run at once; single lines are only cut out when needed (a raw for a dead
+letter, the slow path). Line ends are ``\\n``; a ``\\r`` before it is dropped
+from raws. A final line without a newline still counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import numpy as np
+
+BLOCK_BYTES = 8 << 20
+_BOM = b"\xef\xbb\xbf"
+_SPACE = np.zeros(256, dtype=bool)
+_SPACE[[9, 13, 32]] = True
+
+
+@dataclass
+class LineRun:
+    """``count`` physical lines starting at line ``first_line`` (1-based)."""
+
+    data: bytes
+    first_line: int
+    count: int
+    _bounds: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(starts, ends) byte offsets of each line in ``data`` (ends exclude ``\\n`` and ``\\r``)."""
+        if self._bounds is None:
+            buf = np.frombuffer(self.data, dtype=np.uint8)
+            nl = np.flatnonzero(buf == 10)
+            starts = np.concatenate(([0], nl + 1)).astype(np.int64)
+            ends = np.concatenate((nl, [len(self.data)])).astype(np.int64)
+            cr = (ends > starts) & (buf[np.maximum(ends - 1, 0)] == 13) if len(buf) else ends > starts
+            ends = ends - cr.astype(np.int64)
+            self._bounds = (starts, ends)
+        return self._bounds
+
+    def blank(self) -> np.ndarray:
+        """Boolean mask: the line holds nothing but spaces, tabs and ``\\r``."""
+        starts, ends = self.bounds()
+        empty = ends <= starts
+        if not self.data:
+            return empty
+        buf = np.frombuffer(self.data, dtype=np.uint8)
+        first = buf[np.minimum(starts, len(buf) - 1)]
+        out = empty.copy()
+        for i in np.flatnonzero(~empty & _SPACE[first]).tolist():  # rare: a leading space
+            out[i] = not self.data[starts[i] : ends[i]].strip(b" \t\r")
+        return out
+
+    def line(self, i: int) -> bytes:
+        """Line ``i`` (0-based within the run) without its line end."""
+        starts, ends = self.bounds()
+        return self.data[starts[i] : ends[i]]
+
+    def lines(self) -> list[bytes]:
+        """Every line of the run, without line ends."""
+        return [line.removesuffix(b"\r") for line in self.data.split(b"\n")]
+
+
+class LineSource:
+    """Hands out runs of physical lines from a binary stream."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._buf = b""
+        self._pos = 0  # start of the unread part of _buf
+        self._newlines = 0  # newlines in the unread part
+        self._eof = False
+        self._started = False
+        self.lines_read = 0  # physical lines handed out so far
+
+    def _fill(self) -> None:
+        chunk = self._stream.read(BLOCK_BYTES)
+        if not self._started:
+            self._started = True
+            chunk = chunk.removeprefix(_BOM)
+        if not chunk:
+            self._eof = True
+            return
+        self._buf = self._buf[self._pos :] + chunk
+        self._pos = 0
+        self._newlines += chunk.count(b"\n")
+
+    def take(self, count: int) -> LineRun | None:
+        """The next ``count`` lines (fewer at the end of the file); None when none are left."""
+        while self._newlines < count and not self._eof:
+            self._fill()
+        if self._pos >= len(self._buf) and self._eof:
+            return None
+        if self._newlines >= count:
+            cut = _nth_newline(self._buf, self._pos, count)
+            data = self._buf[self._pos : cut]
+            self._pos = cut + 1
+            self._newlines -= count
+            n = count
+        else:  # end of file: everything left; the last line may lack its newline
+            data = self._buf[self._pos :]
+            self._buf, self._pos, self._newlines = b"", 0, 0
+            n = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+            data = data.removesuffix(b"\n")
+        run = LineRun(data, self.lines_read + 1, n)
+        self.lines_read += n
+        return run
+
+    def skip(self, count: int) -> int:
+        """Drop ``count`` lines; returns how many there were."""
+        done = 0
+        while done < count:
+            run = self.take(min(count - done, 1 << 20))
+            if run is None:
+                break
+            done += run.count
+        return done
+
+
+def _nth_newline(buf: bytes, start: int, n: int) -> int:
+    """Offset of the n-th (1-based) newline at or after ``start``; ``buf`` holds at least n."""
+    if n <= 64:
+        pos = start - 1
+        for _ in range(n):
+            pos = buf.index(b"\n", pos + 1)
+        return pos
+    view = np.frombuffer(buf, dtype=np.uint8, offset=start)
+    step = max(n * 64, 1 << 16)
+    base = 0
+    while True:  # scan a growing prefix, not the whole buffer, for small runs
+        found = np.flatnonzero(view[base : base + step] == 10)
+        if len(found) >= n:
+            return start + base + int(found[n - 1])
+        n -= len(found)
+        base += step
