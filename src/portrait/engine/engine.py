@@ -159,9 +159,9 @@ class Engine:
             batch_max = new["ts"].max()
             assert isinstance(batch_max, int)
             self.watermark = batch_max if self.watermark is None else max(self.watermark, batch_max)
-            partial = self.agg.partial(new)
+            partial = self.agg.partial(new, watermark=self.watermark)
             old = states.join(partial.select(USER), on=USER, how="semi")
-            merged = self.agg.merge(old, partial) if old.height else partial
+            merged = self.agg.merge(old, partial, watermark=self.watermark) if old.height else partial
             merged = self.agg.prune(merged, self.watermark)
             new_users = partial.height - old.height
         self._pending = Commit(

@@ -20,7 +20,7 @@ USER = "user_id"
 
 def where_mask(spec: FeatureSpec) -> pl.Expr:
     """The ``where`` filter of a feature: every listed field must be in its values."""
-    mask = pl.lit(True)
+    mask = pl.col("ts").is_not_null()  # a column, so it broadcasts inside group-bys
     for field, values in spec.where:
         mask = mask & pl.col(field).cast(pl.String).is_in(list(values)).fill_null(False)
     return mask
@@ -58,12 +58,36 @@ class Aggregator(ABC):
             cols.append("type")
         return tuple(cols)
 
-    def select_events(self, events: pl.DataFrame) -> pl.DataFrame:
-        """The events this feature counts: ``where`` applied, null inputs dropped."""
+    def mask(self) -> pl.Expr:
+        """Which events this feature counts: ``where`` and non-null inputs."""
         mask = where_mask(self.spec)
         for required in self.required_non_null():
             mask = mask & pl.col(required).is_not_null()
-        return events.filter(mask)
+        return mask
+
+    def select_events(self, events: pl.DataFrame) -> pl.DataFrame:
+        """The events this feature counts: ``where`` applied, null inputs dropped."""
+        return events.filter(self.mask())
+
+    # Fused fast paths. ``ProfileAggregator`` runs the expressions of every
+    # feature in ONE group-by per frame instead of one group-by and one join
+    # per feature. They must give the same states as ``partial``/``combine``
+    # (the property tests compare both against the reference).
+    def fused_partial(self, ref: int, watermark: int) -> list[pl.Expr] | None:
+        """Aggregations over a batch grouped by user, or None (no fused path).
+
+        ``ref`` is a reference time for decayed values (the batch's latest
+        time); ``watermark`` the watermark after the batch (for windows).
+        """
+        return None
+
+    def fused_combine(self, watermark: int) -> list[pl.Expr] | None:
+        """Aggregations merging state rows grouped by user, or None."""
+        return None
+
+    def finish(self, states: pl.DataFrame) -> pl.DataFrame:
+        """Post-step after a fused group-by (sketch switch, caps). Default: none."""
+        return states
 
     def required_non_null(self) -> tuple[str, ...]:
         """Event fields that must be present for an event to count."""

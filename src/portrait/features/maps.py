@@ -2,7 +2,7 @@
 
 Map states are parallel list columns per user (``keys`` / ``counts`` or
 ``vals``). ``combine`` explodes to one row per (user, key), aggregates, and
-implodes with keys sorted, so equal inputs give byte-equal states.
+implodes (key order inside a list is not significant).
 
 Bounds (documented in docs/semantics.md):
 
@@ -40,31 +40,44 @@ class Distinct(Aggregator):
         )
 
     def partial(self, events: pl.DataFrame) -> pl.DataFrame:
-        sel = self.select_events(events)
-        out = sel.group_by(USER).agg(
-            pl.col(self.spec.field).cast(pl.String).unique().sort().alias(self.col("keys")),
+        """Vectorised: unique (user, value) pairs, then one list per user."""
+        pairs = (
+            events.filter(self.mask())
+            .select(USER, pl.col(self.spec.field).cast(pl.String).alias("_k"))
+            .unique()
         )
-        out = out.with_columns(pl.lit(None, pl.Binary).alias(self.col("hll")))
-        return self._sketch_large(out)
+        out = pairs.group_by(USER).agg(pl.col("_k").alias(self.col("keys")))
+        return self.finish(out.with_columns(pl.lit(None, pl.Binary).alias(self.col("hll"))))
 
     def combine(self, states: pl.DataFrame) -> pl.DataFrame:
         k, h = self.col("keys"), self.col("hll")
-        out = states.group_by(USER).agg(
-            pl.col(k).explode().drop_nulls().unique().sort(),
-            pl.col(h).drop_nulls(),
-        )
-        needs = out.filter(pl.col(h).list.len() > 0)
-        if needs.height == 0:
-            return self._sketch_large(out.with_columns(pl.lit(None, pl.Binary).alias(h)))
-        exact = out.filter(pl.col(h).list.len() == 0).with_columns(pl.lit(None, pl.Binary).alias(h))
-        rows = []
-        for user, keys, sketches in needs.iter_rows():
-            regs = hll.add(hll.empty(), keys)
-            for blob in sketches:
-                regs = hll.merge(regs, hll.from_bytes(blob))
-            rows.append((user, None, hll.to_bytes(regs)))
-        merged = pl.DataFrame(rows, schema={USER: pl.String(), **self.state_schema}, orient="row")
-        return pl.concat([self._sketch_large(exact), merged])
+        pairs = states.select(USER, pl.col(k).alias("_k")).explode("_k").drop_nulls("_k").unique()
+        keys = pairs.group_by(USER).agg(pl.col("_k").alias(k))
+        sketches = states.filter(pl.col(h).is_not_null()).group_by(USER).agg(pl.col(h))
+        users = states.select(USER).unique()
+        out = users.join(keys, on=USER, how="left").join(sketches, on=USER, how="left")
+        out = out.with_columns(pl.col(h).fill_null(pl.lit([], pl.List(pl.Binary))))
+        return self.finish(out)
+
+    def finish(self, states: pl.DataFrame) -> pl.DataFrame:
+        """Fold lists of sketches (after a combine) and sketch sets above the limit."""
+        k, h = self.col("keys"), self.col("hll")
+        if isinstance(states.schema[h], pl.List):
+            needs = states.filter(pl.col(h).list.len() > 0)
+            states = states.filter(pl.col(h).list.len() == 0).with_columns(
+                pl.lit(None, pl.Binary).alias(h)
+            )
+            if needs.height:
+                rows = []
+                for user, keys, sketches in needs.select(USER, k, h).iter_rows():
+                    regs = hll.add(hll.empty(), keys or [])
+                    for blob in sketches:
+                        regs = hll.merge(regs, hll.from_bytes(blob))
+                    rows.append((user, None, hll.to_bytes(regs)))
+                schema = {USER: pl.String(), **self.state_schema}
+                merged = pl.DataFrame(rows, schema=schema, orient="row")
+                states = pl.concat([states, merged], how="diagonal")
+        return self._sketch_large(states)
 
     def _sketch_large(self, states: pl.DataFrame) -> pl.DataFrame:
         """Turn exact key sets above the limit into sketches (rare, per user)."""
@@ -78,7 +91,7 @@ class Distinct(Aggregator):
             for user, keys in large.select(USER, k).iter_rows()
         ]
         sketched = pl.DataFrame(rows, schema={USER: pl.String(), **self.state_schema}, orient="row")
-        return pl.concat([states.filter(~big), sketched])
+        return pl.concat([states.filter(~big), sketched], how="diagonal")
 
     def read(self, states: pl.DataFrame, at: int) -> pl.Series:
         exact = states[self.col("keys")].list.len().fill_null(0).cast(pl.Int64)
@@ -110,6 +123,29 @@ class TopK(Aggregator):
         long = sel.group_by(USER, self.spec.key).agg(pl.len().cast(pl.Int64).alias("_c"))
         return self._implode(long.rename({self.spec.key: "_k"}))
 
+    def key_partial(self, ref: int) -> list[pl.Expr]:
+        """Per (user, key) aggregations of a batch (fused with other map features)."""
+        return [self.mask().sum().cast(pl.Int64).alias(f"_c_{self.name}")]
+
+    def implode_long(self, long: pl.DataFrame, ref: int) -> pl.DataFrame:
+        """Per-user lists from the fused (user, _key) frame."""
+        c = f"_c_{self.name}"
+        return (
+            long.filter(pl.col(c) > 0)
+            .group_by(USER)
+            .agg(pl.col("_key").alias(self.col("keys")), pl.col(c).alias(self.col("counts")))
+        )
+
+    def finish(self, states: pl.DataFrame) -> pl.DataFrame:
+        k, c = self.col("keys"), self.col("counts")
+        longest = states.select(pl.col(k).list.len().max()).item()
+        if longest is None or longest <= TOPK_MAX_KEYS:
+            return states
+        long = states.select(USER, pl.col(k).alias("_k"), pl.col(c).alias("_c")).explode(["_k", "_c"])
+        capped = self._implode(long.drop_nulls("_k"))
+        rest = states.drop(k, c).join(capped, on=USER, how="left", maintain_order="left")
+        return rest.select(states.columns)
+
     def combine(self, states: pl.DataFrame) -> pl.DataFrame:
         k, c = self.col("keys"), self.col("counts")
         long = (
@@ -127,8 +163,7 @@ class TopK(Aggregator):
         if long.height and long.group_by(USER).len()["len"].max() > TOPK_MAX_KEYS:  # type: ignore[operator]
             long = long.sort([USER, "_c", "_k"], descending=[False, True, False])
             long = long.group_by(USER, maintain_order=True).head(TOPK_MAX_KEYS)
-        long = long.sort([USER, "_k"])
-        return long.group_by(USER, maintain_order=True).agg(
+        return long.group_by(USER).agg(
             pl.col("_k").alias(self.col("keys")), pl.col("_c").alias(self.col("counts"))
         )
 
@@ -210,9 +245,33 @@ class Decayed(Aggregator):
         long = long.group_by(USER, "_k").agg(pl.col("_ref").first(), pl.col("_v").sum())
         return self._implode(long)
 
+    def fused_partial(self, ref: int, watermark: int) -> list[pl.Expr] | None:
+        if self.keyed:
+            return None
+        m = self.mask()
+        contrib = (self._weight() * self._decay(pl.col("ts") - ref)).filter(m)
+        return [
+            pl.when(m.any()).then(pl.lit(ref, pl.Int64)).alias(self.col("ref")),
+            contrib.sum().alias(self.col("v")),
+        ]
+
+    def key_partial(self, ref: int) -> list[pl.Expr]:
+        m = self.mask()
+        contrib = (self._weight() * self._decay(pl.col("ts") - ref)).filter(m)
+        return [contrib.sum().alias(f"_v_{self.name}"), m.any().alias(f"_p_{self.name}")]
+
+    def implode_long(self, long: pl.DataFrame, ref: int) -> pl.DataFrame:
+        """Per-user lists from the fused (user, _key) frame."""
+        p, v = f"_p_{self.name}", f"_v_{self.name}"
+        return (
+            long.filter(pl.col(p))
+            .group_by(USER)
+            .agg(pl.col("_key").alias(self.col("keys")), pl.col(v).alias(self.col("vals")))
+            .with_columns(pl.lit(ref, pl.Int64).alias(self.col("ref")))
+        )
+
     def _implode(self, long: pl.DataFrame) -> pl.DataFrame:
-        long = long.sort([USER, "_k"])
-        return long.group_by(USER, maintain_order=True).agg(
+        return long.group_by(USER).agg(
             pl.col("_ref").first().alias(self.col("ref")),
             pl.col("_k").alias(self.col("keys")),
             pl.col("_v").alias(self.col("vals")),
@@ -223,9 +282,9 @@ class Decayed(Aggregator):
         valid = states.filter(pl.col(r).is_not_null())
         if not self.keyed:
             v = self.col("v")
-            return valid.group_by(USER).agg(
-                pl.col(r).max(), (pl.col(v) * self._decay(pl.col(r) - pl.col(r).max())).sum()
-            )
+            top = pl.col(r).max().over(USER)
+            scaled = valid.with_columns((pl.col(v) * self._decay(pl.col(r) - top)).alias(v))
+            return scaled.group_by(USER).agg(pl.col(r).max(), pl.col(v).sum())
         long = (
             valid.select(
                 USER,

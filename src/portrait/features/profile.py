@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import reduce
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -61,22 +61,81 @@ class ProfileAggregator:
         return frame.select(cols)
 
     def _join(self, frames: list[pl.DataFrame], users: pl.DataFrame) -> pl.DataFrame:
-        joined = reduce(
-            lambda acc, f: acc.join(f, on=USER, how="left"), frames, users
-        )
+        joined = reduce(lambda acc, f: acc.join(f, on=USER, how="left"), frames, users)
         return self.conform(joined)
 
-    def partial(self, events: pl.DataFrame) -> pl.DataFrame:
-        """The state of ``events`` alone (one row per user present in them)."""
-        users = events.select(USER).unique()
-        return self._join([agg.partial(events) for agg in self.aggs], users)
+    def _keyed_groups(self) -> dict[str, list[Any]]:
+        """Unwindowed map features (top_k, keyed decayed) grouped by key field."""
+        groups: dict[str, list[Any]] = {}
+        for agg in self.aggs:
+            if isinstance(agg, TopK | Decayed) and agg.spec.key is not None:
+                groups.setdefault(agg.spec.key, []).append(agg)
+        return groups
 
-    def merge(self, *states: pl.DataFrame) -> pl.DataFrame:
-        """Merge state frames (rows of the same user are combined)."""
+    def partial(self, events: pl.DataFrame, watermark: int | None = None) -> pl.DataFrame:
+        """The state of ``events`` alone (one row per user present in them).
+
+        Vectorised and fused: one group-by per user for the scalar kinds
+        (plain sums / extremes / first / last on a batch sorted once by
+        ``(ts, event_id)``), one group-by per (user, key field) for the map
+        kinds, and a few frame-level operations (distinct pairs, windows,
+        filtered first/last), joined on ``user_id``. ``watermark`` (default:
+        the batch's latest time) prunes window entries.
+        """
+        if events.height == 0:
+            return self.empty()
+        ref = int(events["ts"].max())  # type: ignore[arg-type]
+        wm = ref if watermark is None else max(watermark, ref)
+        if any(isinstance(a, FirstLast) and a.trivial_mask for a in self.aggs):
+            events = events.sort(["ts", "event_id"])
+        keyed = self._keyed_groups()
+        keyed_ids = {id(a) for group in keyed.values() for a in group}
+        exprs: list[pl.Expr] = []
+        frames: list[pl.DataFrame] = []
+        for agg in self.aggs:
+            if id(agg) in keyed_ids:
+                continue
+            if isinstance(agg, Windowed):
+                frames.append(agg.partial_at(events, wm))
+                continue
+            fused = agg.fused_partial(ref, wm)
+            if fused is None:
+                frames.append(agg.partial(events))
+            else:
+                exprs.extend(fused)
+        base = events.group_by(USER).agg(exprs) if exprs else events.select(USER).unique()
+        for key, group in keyed.items():
+            long = (
+                events.filter(pl.col(key).is_not_null())
+                .group_by(USER, pl.col(key).alias("_key"))
+                .agg([e for agg in group for e in agg.key_partial(ref)])
+            )
+            frames.extend(agg.implode_long(long, ref) for agg in group)
+        out = self._join(frames, base)
+        for agg in self.aggs:
+            out = agg.finish(out)
+        return out
+
+    def merge(self, *states: pl.DataFrame, watermark: int | None = None) -> pl.DataFrame:
+        """Merge state frames (rows of the same user are combined).
+
+        With ``watermark``, window entries at or before ``watermark - window``
+        are dropped on the way (the engine always passes it).
+        """
         both = pl.concat([self.conform(s) for s in states])
-        users = both.select(USER).unique()
-        parts = [agg.combine(both.select(USER, *agg.state_schema)) for agg in self.aggs]
-        return self._join(parts, users)
+        exprs: list[pl.Expr] = []
+        parts: list[pl.DataFrame] = []
+        for agg in self.aggs:
+            fused = agg.fused_combine(0)
+            if fused is not None:
+                exprs.extend(fused)
+                continue
+            part = agg.combine(both.select(USER, *agg.state_schema))
+            if watermark is not None and isinstance(agg, Windowed):
+                part = agg.prune(part, watermark)
+            parts.append(part)
+        base = both.group_by(USER).agg(exprs) if exprs else both.select(USER).unique()
+        return self._join(parts, base)
 
     def prune(self, states: pl.DataFrame, watermark: int) -> pl.DataFrame:
         for agg in self.aggs:

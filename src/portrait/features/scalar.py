@@ -34,6 +34,12 @@ class Count(Aggregator):
     def combine(self, states: pl.DataFrame) -> pl.DataFrame:
         return states.group_by(USER).agg(pl.col(self.col("n")).sum())
 
+    def fused_partial(self, ref: int, watermark: int) -> list[pl.Expr]:
+        return [self.mask().sum().cast(pl.Int64).alias(self.col("n"))]
+
+    def fused_combine(self, watermark: int) -> list[pl.Expr]:
+        return [pl.col(self.col("n")).sum()]
+
     def read(self, states: pl.DataFrame, at: int) -> pl.Series:
         return states[self.col("n")].fill_null(0).alias(self.name)
 
@@ -51,6 +57,14 @@ class Sum(Aggregator):
 
     def combine(self, states: pl.DataFrame) -> pl.DataFrame:
         return states.group_by(USER).agg(pl.col(self.col("s")).sum())
+
+    def fused_partial(self, ref: int, watermark: int) -> list[pl.Expr]:
+        dt = self.parts["s"]
+        value = pl.col(self.spec.field).cast(dt).filter(self.mask())
+        return [value.sum().alias(self.col("s"))]
+
+    def fused_combine(self, watermark: int) -> list[pl.Expr]:
+        return [pl.col(self.col("s")).sum()]
 
     def read(self, states: pl.DataFrame, at: int) -> pl.Series:
         return states[self.col("s")].fill_null(0).alias(self.name)
@@ -71,6 +85,16 @@ class Avg(Aggregator):
     def combine(self, states: pl.DataFrame) -> pl.DataFrame:
         return states.group_by(USER).agg(pl.col(self.col("s")).sum(), pl.col(self.col("n")).sum())
 
+    def fused_partial(self, ref: int, watermark: int) -> list[pl.Expr]:
+        m = self.mask()
+        return [
+            pl.col(self.spec.field).cast(pl.Float64).filter(m).sum().alias(self.col("s")),
+            m.sum().cast(pl.Int64).alias(self.col("n")),
+        ]
+
+    def fused_combine(self, watermark: int) -> list[pl.Expr]:
+        return [pl.col(self.col("s")).sum(), pl.col(self.col("n")).sum()]
+
     def read(self, states: pl.DataFrame, at: int) -> pl.Series:
         n = states[self.col("n")].fill_null(0)
         s = states[self.col("s")].fill_null(0.0)
@@ -90,8 +114,15 @@ class Extremum(Aggregator):
         return events.select(USER, pl.col(self.spec.field).cast(dt).alias(self.col("m")))
 
     def combine(self, states: pl.DataFrame) -> pl.DataFrame:
+        return states.group_by(USER).agg(self.fused_combine(0))
+
+    def fused_partial(self, ref: int, watermark: int) -> list[pl.Expr]:
+        v = pl.col(self.spec.field).cast(self.parts["m"]).filter(self.mask())
+        return [(v.max() if self.is_max else v.min()).alias(self.col("m"))]
+
+    def fused_combine(self, watermark: int) -> list[pl.Expr]:
         c = pl.col(self.col("m"))
-        return states.group_by(USER).agg(c.max() if self.is_max else c.min())
+        return [c.max() if self.is_max else c.min()]
 
     def read(self, states: pl.DataFrame, at: int) -> pl.Series:
         return states[self.col("m")].alias(self.name)
@@ -117,13 +148,36 @@ class FirstLast(Aggregator):
             pl.col(self.spec.field).cast(self.parts["v"]).alias(self.col("v")),
         )
 
+    @property
+    def trivial_mask(self) -> bool:
+        """No ``where`` and a field that is never null: plain first()/last() work."""
+        return not self.spec.where and self.spec.field in ("ts", "user_id", "type", "event_id")
+
+    def _pick(self, frame: pl.DataFrame, ts: str, eid: str) -> pl.DataFrame:
+        """The row with the extreme (ts, eid) per user (frame rows need no order)."""
+        order = frame.sort([ts, eid], descending=self.is_last, nulls_last=True)
+        return order.unique(USER, keep="first", maintain_order=True)
+
+    def partial(self, events: pl.DataFrame) -> pl.DataFrame:
+        """Vectorised: filter, one sort by (ts, event_id), first row per user."""
+        return self.combine(self.lift(self.select_events(events)))
+
+    def fused_partial(self, ref: int, watermark: int) -> list[pl.Expr] | None:
+        """On a batch pre-sorted by (ts, event_id), only when the mask is trivial."""
+        if not self.trivial_mask:
+            return None
+        v = pl.col(self.spec.field).cast(self.parts["v"])
+        cols = (pl.col("ts"), pl.col("event_id"), v)
+        picked = [c.last() if self.is_last else c.first() for c in cols]
+        return [e.alias(self.col(p)) for e, p in zip(picked, ("ts", "eid", "v"), strict=True)]
+
     def combine(self, states: pl.DataFrame) -> pl.DataFrame:
         ts, eid = self.col("ts"), self.col("eid")
-        keep = states.filter(pl.col(ts).is_not_null())
-        order = keep.sort([ts, eid], descending=self.is_last)
-        picked = order.group_by(USER, maintain_order=True).first()
+        cols = [USER, ts, eid, self.col("v")]
+        keep = states.select(cols).filter(pl.col(ts).is_not_null())
+        picked = self._pick(keep, ts, eid)
         missing = states.select(USER).unique().join(picked.select(USER), on=USER, how="anti")
-        return pl.concat([picked.select(USER, ts, eid, self.col("v")), missing], how="diagonal")
+        return pl.concat([picked, missing], how="diagonal")
 
     def read(self, states: pl.DataFrame, at: int) -> pl.Series:
         return states[self.col("v")].alias(self.name)

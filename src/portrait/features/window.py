@@ -37,6 +37,13 @@ class Windowed(Aggregator):
         sel = self.select_events(events)
         return sel.group_by(USER).agg(pl.struct(self.entry_cols).sort_by("ts").alias(self.col("e")))
 
+    def partial_at(self, events: pl.DataFrame, watermark: int) -> pl.DataFrame:
+        """The batch's entries still inside the window at ``watermark``."""
+        keep = self.mask() & (pl.col("ts") > watermark - self.window)
+        return events.filter(keep).group_by(USER).agg(
+            pl.struct(self.entry_cols).alias(self.col("e"))
+        )
+
     def combine(self, states: pl.DataFrame) -> pl.DataFrame:
         e = self.col("e")
         return states.group_by(USER).agg(pl.col(e).explode().drop_nulls())

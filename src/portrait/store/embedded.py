@@ -3,7 +3,7 @@
 Layout of a database directory::
 
     portrait.sqlite      meta, file manifest, dead letters, checkpoints, batches
-    log/00000001.parquet events accepted in batch 1, sorted by (user_id, ts)
+    log/00000001.parquet events accepted in batch 1
     state/00000001.parquet full state rows of the users batch 1 touched
     writer.lock          held (flock) by the one process that may write
 
@@ -35,6 +35,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,7 @@ class EmbeddedStore:
         self.writer = writer
         self._lock_fd: int | None = None
         self._seen: pl.Series | None = None
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="portrait-write")
         if writer:
             self.root.mkdir(parents=True, exist_ok=True)
             (self.root / "log").mkdir(exist_ok=True)
@@ -127,6 +129,7 @@ class EmbeddedStore:
         self._lock_fd = fd
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True)
         self.db.close()
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -267,7 +270,7 @@ class EmbeddedStore:
     def _write_parquet(self, frame: pl.DataFrame, name: str) -> None:
         final = self.root / name
         tmp = final.with_name(final.name + ".tmp")
-        frame.write_parquet(tmp, compression="zstd", row_group_size=ROW_GROUP, statistics=True)
+        frame.write_parquet(tmp, compression="lz4", row_group_size=ROW_GROUP, statistics=True)
         _fsync_path(tmp)
         tmp.rename(final)
 
@@ -276,14 +279,22 @@ class EmbeddedStore:
         self._require_writer()
         seq = (self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM batches").fetchone()[0]) + 1
         new_files: list[tuple[str, int, str, int]] = []
+        jobs: list[tuple[pl.DataFrame, str]] = []
         if commit.events.height:
+            # The log is not sorted: sorting costs more than the scans it saves.
             name = f"log/{seq:08d}.parquet"
-            self._write_parquet(commit.events.sort([USER, "ts"]), name)
+            jobs.append((commit.events, name))
             new_files.append(("log", seq, name, commit.events.height))
         if commit.states.height:
+            # States are sorted by user so a point read touches one row group.
             name = f"state/{seq:08d}.parquet"
-            self._write_parquet(commit.states.sort(USER), name)
+            jobs.append((commit.states.sort(USER), name))
             new_files.append(("state", seq, name, commit.states.height))
+        if len(jobs) > 1:  # Polars releases the GIL: write both files at once
+            list(self._pool.map(lambda job: self._write_parquet(*job), jobs))
+        else:
+            for frame, name in jobs:
+                self._write_parquet(frame, name)
         for sub in ("log", "state"):
             _fsync_path(self.root / sub)
         db = self.db
@@ -349,7 +360,7 @@ class EmbeddedStore:
         ]
         if len(small) > MAX_SMALL_LOG_FILES:
             frame = pl.read_parquet([self.root / n for _, n in small])
-            self._replace("log", small, frame.sort([USER, "ts"]))
+            self._replace("log", small, frame)
 
     def _replace(self, kind: str, old: list[tuple[int, str]], frame: pl.DataFrame) -> None:
         """Swap ``old`` files of ``kind`` for one file holding ``frame``, atomically."""
