@@ -200,10 +200,11 @@ class Engine:
         else:
             log = self.store.events(user_ids, until=at)
             states = self.agg.partial(log) if log.height else self.agg.empty()
-            if user_ids is not None:
-                present = self.store.states(user_ids).select(USER)
-                states = present.join(states, on=USER, how="left")
-                states = self.agg.conform(states)
+            # Every known user has a profile at any time: empty before their
+            # first event (the same answer for one user and for all users).
+            known = self.store.states(user_ids)
+            present = known.select(USER) if known.height else pl.DataFrame(schema={USER: pl.String})
+            states = self.agg.conform(present.join(states, on=USER, how="left"))
         return self.agg.read(states, at)
 
     def segments_frame(self, values: pl.DataFrame) -> pl.DataFrame:

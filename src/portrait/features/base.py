@@ -7,6 +7,7 @@ Parquet as is. A missing row, or nulls in a row, is the identity state.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
@@ -19,11 +20,32 @@ USER = "user_id"
 
 
 def where_mask(spec: FeatureSpec) -> pl.Expr:
-    """The ``where`` filter of a feature: every listed field must be in its values."""
+    """The ``where`` filter of a feature: every listed field must be in its values.
+
+    Numeric fields compare as numbers (``rating: [5]`` matches 5.0); values
+    that are not numbers never match a numeric field. Other fields compare
+    as text.
+    """
     mask = pl.col("ts").is_not_null()  # a column, so it broadcasts inside group-bys
     for field, values in spec.where:
-        mask = mask & pl.col(field).cast(pl.String).is_in(list(values)).fill_null(False)
+        if field in NUMERIC_WHERE_FIELDS:
+            nums = [x for x in (_as_number(v) for v in values) if x is not None]
+            test = pl.col(field).cast(pl.Float64).is_in(nums)
+        else:
+            test = pl.col(field).cast(pl.String).is_in(list(values))
+        mask = mask & test.fill_null(False)
     return mask
+
+
+NUMERIC_WHERE_FIELDS = ("price", "quantity", "rating", "lat", "lon", "ts")
+
+
+def _as_number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 class Aggregator(ABC):
@@ -54,7 +76,7 @@ class Aggregator(ABC):
         for extra in (self.spec.field, self.spec.key):
             if extra is not None and extra not in cols:
                 cols.append(extra)
-        if self.spec.kind == "decayed":
+        if self.spec.kind == "decayed" and "type" not in cols:
             cols.append("type")
         return tuple(cols)
 

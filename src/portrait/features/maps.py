@@ -10,8 +10,8 @@ Bounds (documented in docs/semantics.md):
   a HyperLogLog sketch (:mod:`portrait.features.hll`);
 * ``top_k`` keeps exact counts for up to :data:`TOPK_MAX_KEYS` keys per user,
   then only the most frequent ones;
-* ``decayed`` drops a key once its value at the watermark is below
-  :data:`DECAY_EPSILON` (it can only shrink further).
+* ``decayed`` drops a key once the magnitude of its value at the watermark
+  is below :data:`DECAY_EPSILON` (it can only shrink further).
 """
 
 from __future__ import annotations
@@ -316,7 +316,7 @@ class Decayed(Aggregator):
             .explode(["_k", "_v"])
             .filter(
                 pl.col("_k").is_not_null()
-                & (pl.col("_v") * self._decay(pl.col("_ref") - watermark) >= DECAY_EPSILON)
+                & ((pl.col("_v") * self._decay(pl.col("_ref") - watermark)).abs() >= DECAY_EPSILON)
             )
         )
         kept = self._implode(long)
@@ -343,7 +343,7 @@ class Decayed(Aggregator):
             .explode(["key", "value"])
             .drop_nulls("key")
             .with_columns(pl.col("value") * pl.col("_f"))
-            .filter(pl.col("value") >= DECAY_EPSILON)
+            .filter(pl.col("value").abs() >= DECAY_EPSILON)
             .sort(["_row", "value", "key"], descending=[False, True, False])
         )
         return _long_to_map(long.select("_row", "key", "value"), states.height, self.name)

@@ -23,9 +23,13 @@ class Windowed(Aggregator):
         super().__init__(spec)
         self.inner = inner
         self.window = int(spec.window_us)
-        cols = inner.event_columns
-        if spec.kind not in ("first", "last"):
-            cols = tuple(c for c in cols if c != "event_id")
+        # user_id is the state row's own key, so entries never repeat it.
+        needed = {spec.field, spec.key}
+        if spec.kind in ("first", "last"):
+            needed.add("event_id")
+        cols = tuple(
+            c for c in inner.event_columns if c != USER and (c != "event_id" or c in needed)
+        )
         self.entry_cols = cols
         entry = pl.Struct({c: EVENT_SCHEMA[c] for c in cols})
         self.parts = {"e": pl.List(entry)}
@@ -58,15 +62,14 @@ class Windowed(Aggregator):
     def read(self, states: pl.DataFrame, at: int) -> pl.Series:
         e = self.col("e")
         entries = (
-            states.select(pl.int_range(pl.len()).cast(pl.String).alias(USER), pl.col(e))
+            states.select(USER, pl.col(e))
             .explode(e)
             .drop_nulls(e)
             .unnest(e)
             .filter((pl.col("ts") > at - self.window) & (pl.col("ts") <= at))
         )
         inner_states = self.inner.combine(self.inner.lift(entries))
-        rows = pl.DataFrame({USER: pl.int_range(states.height, eager=True).cast(pl.String)})
-        aligned = rows.join(inner_states, on=USER, how="left", maintain_order="left")
+        aligned = states.select(USER).join(inner_states, on=USER, how="left", maintain_order="left")
         for col, dtype in self.inner.state_schema.items():
             if col not in aligned.columns:
                 aligned = aligned.with_columns(pl.lit(None, dtype).alias(col))

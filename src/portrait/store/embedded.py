@@ -44,6 +44,7 @@ import polars as pl
 from portrait.errors import StoreError
 from portrait.events.schema import EVENT_SCHEMA
 from portrait.store.base import Checkpoint, Commit, StoreMeta
+from portrait.store.dedup import SeenSet
 
 USER = "user_id"
 MAX_STATE_FILES = 8
@@ -105,7 +106,7 @@ class EmbeddedStore:
         self.root = Path(path)
         self.writer = writer
         self._lock_fd: int | None = None
-        self._seen: pl.Series | None = None
+        self._seen: SeenSet | None = None
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="portrait-write")
         if writer:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -242,9 +243,17 @@ class EmbeddedStore:
 
     def seen(self, event_ids: pl.Series) -> pl.Series:
         if self._seen is None:
-            log = self.events()
-            self._seen = log["event_id"] if log.height else pl.Series("event_id", [], pl.String)
-        return event_ids.is_in(self._seen)
+            self._seen = SeenSet(self._logged_ids())
+        return self._seen.contains(event_ids)
+
+    def _logged_ids(self) -> pl.Series:
+        def build(files: list[tuple[int, str]]) -> pl.DataFrame:
+            if not files:
+                return pl.DataFrame({"event_id": []}, schema={"event_id": pl.String})
+            paths = [self.root / name for _, name in files]
+            return pl.scan_parquet(paths).select("event_id").collect()
+
+        return self._scan_retry("log", build)["event_id"]
 
     def dead_letters(self, limit: int | None = None) -> list[dict[str, object]]:
         sql = "SELECT source, line, reason, raw, batch FROM dead_letters ORDER BY id"
@@ -325,7 +334,7 @@ class EmbeddedStore:
             db.execute("ROLLBACK")
             raise
         if self._seen is not None and commit.events.height:
-            self._seen = pl.concat([self._seen, commit.events["event_id"]])
+            self._seen.add(commit.events["event_id"])
         self._maybe_compact()
 
     def _bump(self, db: sqlite3.Connection, commit: Commit) -> None:
