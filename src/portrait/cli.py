@@ -82,8 +82,13 @@ def _run_ingest(engine: Any, files: list[Path], quiet: bool) -> Any:
     sizes = {str(f): max(1, f.stat().st_size) for f in files}
     started = time.perf_counter()
     with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[rows]} rows"),
-        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=err, transient=True,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[rows]} rows"),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
     ) as bar:
         task = bar.add_task("ingest", total=len(files), rows=0, rate="")
 

@@ -40,8 +40,10 @@ def run_demo(db: Path, console: Console | None = None) -> None:
         for user in ("u000", "u001", "u007"):
             _show(out, engine.profile(user))
         past = engine.profile("u001", parse_time_arg("2024-04-01T00:00:00Z"))
-        out.print("[bold]time travel[/]: u001 as of 2024-04-01 ->",
-                  {k: past["features"][k] for k in ("events_total", "spend_total", "last_item")})
+        out.print(
+            "[bold]time travel[/]: u001 as of 2024-04-01 ->",
+            {k: past["features"][k] for k in ("events_total", "spend_total", "last_item")},
+        )
         for seg in engine.spec.segments:
             members = engine.segment_members(seg)
             out.print(f"[bold]segment {seg}[/]: {len(members)} users: {', '.join(members[:8])}")
@@ -52,18 +54,20 @@ def run_demo(db: Path, console: Console | None = None) -> None:
     out.print(f"\ndatabase in {db}/ — try: portrait profile u001 --db {db} --json")
 
 
+def _fmt(value: object) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+    if isinstance(value, float):
+        return f"{value:.2f}" if abs(value) >= 0.01 else f"{value:.2e}"
+    return str(value)
+
+
 def _show(out: Console, profile: dict[str, object]) -> None:
     table = Table(title=f"{profile['user_id']} as of {profile['as_of']}", show_header=False)
     features = profile["features"]
     assert isinstance(features, dict)
     for name, value in features.items():
-        if isinstance(value, dict):
-            value = ", ".join(
-                f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items()
-            )
-        elif isinstance(value, float):
-            value = f"{value:.4g}"
-        table.add_row(name, str(value))
+        table.add_row(name, _fmt(value))
     segs = profile["segments"]
     table.add_row("segments", ", ".join(segs) if isinstance(segs, list) and segs else "-")
     out.print(table)

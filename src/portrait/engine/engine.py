@@ -70,7 +70,9 @@ class Engine:
     from the one a store was built with is refused (it would need a rebuild).
     """
 
-    def __init__(self, spec: Spec | None, store: Store, *, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(
+        self, spec: Spec | None, store: Store, *, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> None:
         meta = store.meta()
         if spec is None:
             if meta.spec_text is None:
@@ -117,8 +119,13 @@ class Engine:
             batch, pending = pending, next(batches, None)
             accepted, dups = self._apply(batch.events, batch.rejects)
             cp = Checkpoint(
-                fp, path, batch.rows_end, cp.accepted + accepted, cp.rejected + len(batch.rejects),
-                cp.duplicates + dups, complete=pending is None,
+                fp,
+                path,
+                batch.rows_end,
+                cp.accepted + accepted,
+                cp.rejected + len(batch.rejects),
+                cp.duplicates + dups,
+                complete=pending is None,
             )
             self._commit_pending(cp)
             if progress is not None:
@@ -126,8 +133,14 @@ class Engine:
         summary.accepted += cp.accepted
         summary.rejected += cp.rejected
         summary.duplicates += cp.duplicates
-        summary.files.append({"path": path, "accepted": cp.accepted, "rejected": cp.rejected,
-                              "duplicates": cp.duplicates})
+        summary.files.append(
+            {
+                "path": path,
+                "accepted": cp.accepted,
+                "rejected": cp.rejected,
+                "duplicates": cp.duplicates,
+            }
+        )
 
     def ingest_events(
         self, events: pl.DataFrame, rejects: Sequence[DeadLetter] = ()
@@ -161,12 +174,18 @@ class Engine:
             self.watermark = batch_max if self.watermark is None else max(self.watermark, batch_max)
             partial = self.agg.partial(new, watermark=self.watermark)
             old = states.join(partial.select(USER), on=USER, how="semi")
-            merged = self.agg.merge(old, partial, watermark=self.watermark) if old.height else partial
+            merged = (
+                self.agg.merge(old, partial, watermark=self.watermark) if old.height else partial
+            )
             merged = self.agg.prune(merged, self.watermark)
             new_users = partial.height - old.height
         self._pending = Commit(
-            events=new, states=merged, dead_letters=rejects, watermark=self.watermark,
-            duplicates=dups, new_users=new_users,
+            events=new,
+            states=merged,
+            dead_letters=rejects,
+            watermark=self.watermark,
+            duplicates=dups,
+            new_users=new_users,
             spec_text=None if self._spec_saved else self.spec.text,
         )
         return new.height, dups
@@ -220,7 +239,9 @@ class Engine:
         seg = self.segments_frame(values).row(0, named=True)
         members = [name for name in self.spec.segments if seg[name]]
         as_of = self.store.meta().watermark if at is None else at
-        return profile_json(user_id, as_of, dict(self.spec.features), values.row(0, named=True), members)
+        return profile_json(
+            user_id, as_of, dict(self.spec.features), values.row(0, named=True), members
+        )
 
     def segment_members(self, name: str, at: int | None = None) -> list[str]:
         """Users in segment ``name`` as of ``at`` (sorted)."""
@@ -245,5 +266,14 @@ def _spec_key(spec: Spec) -> tuple[Any, ...]:
 
 
 def _strip_line(f: Any) -> tuple[Any, ...]:
-    return (f.kind, f.field, f.key, f.where, f.window_us, f.half_life_us, f.weights,
-            f.default_weight, f.k)
+    return (
+        f.kind,
+        f.field,
+        f.key,
+        f.where,
+        f.window_us,
+        f.half_life_us,
+        f.weights,
+        f.default_weight,
+        f.k,
+    )

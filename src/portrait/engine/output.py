@@ -27,7 +27,10 @@ def feature_value(spec: FeatureSpec, value: Any) -> Any:
 
 
 def profile_json(
-    user_id: str, as_of: int | None, specs: dict[str, FeatureSpec], row: dict[str, Any],
+    user_id: str,
+    as_of: int | None,
+    specs: dict[str, FeatureSpec],
+    row: dict[str, Any],
     segments: list[str],
 ) -> dict[str, Any]:
     return {

@@ -61,6 +61,18 @@ class Aggregator(ABC):
         self.spec = spec
         self.name = spec.name
 
+    @property
+    def fname(self) -> str:
+        """The spec's ``field`` (kinds that read one always have it)."""
+        assert self.spec.field is not None, f"{self.name}: {self.spec.kind} needs a field"
+        return self.spec.field
+
+    @property
+    def kname(self) -> str:
+        """The spec's ``key`` (keyed kinds always have it)."""
+        assert self.spec.key is not None, f"{self.name}: {self.spec.kind} needs a key"
+        return self.spec.key
+
     def col(self, part: str) -> str:
         """The state column name of ``part``."""
         return f"{self.name}__{part}"

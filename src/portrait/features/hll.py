@@ -41,7 +41,8 @@ def empty() -> np.ndarray:
 
 
 def merge(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.maximum(a, b)
+    out: np.ndarray = np.maximum(a, b)
+    return out
 
 
 def estimate(registers: np.ndarray) -> int:

@@ -35,7 +35,7 @@ class Distinct(Aggregator):
     def lift(self, events: pl.DataFrame) -> pl.DataFrame:
         return events.select(
             USER,
-            pl.concat_list(pl.col(self.spec.field).cast(pl.String)).alias(self.col("keys")),
+            pl.concat_list(pl.col(self.fname).cast(pl.String)).alias(self.col("keys")),
             pl.lit(None, pl.Binary).alias(self.col("hll")),
         )
 
@@ -43,7 +43,7 @@ class Distinct(Aggregator):
         """Vectorised: unique (user, value) pairs, then one list per user."""
         pairs = (
             events.filter(self.mask())
-            .select(USER, pl.col(self.spec.field).cast(pl.String).alias("_k"))
+            .select(USER, pl.col(self.fname).cast(pl.String).alias("_k"))
             .unique()
         )
         out = pairs.group_by(USER).agg(pl.col("_k").alias(self.col("keys")))
@@ -81,7 +81,7 @@ class Distinct(Aggregator):
 
     def _sketch_large(self, states: pl.DataFrame) -> pl.DataFrame:
         """Turn exact key sets above the limit into sketches (rare, per user)."""
-        k, h = self.col("keys"), self.col("hll")
+        k = self.col("keys")
         big = pl.col(k).list.len() > DISTINCT_EXACT_LIMIT
         large = states.filter(big)
         if large.height == 0:
@@ -98,12 +98,8 @@ class Distinct(Aggregator):
         blobs = states[self.col("hll")]
         if blobs.null_count() == len(blobs):
             return exact.alias(self.name)
-        est = [
-            None if b is None else hll.estimate(hll.from_bytes(b)) for b in blobs.to_list()
-        ]
-        return (
-            pl.Series(est, dtype=pl.Int64).fill_null(exact).alias(self.name)
-        )
+        est = [None if b is None else hll.estimate(hll.from_bytes(b)) for b in blobs.to_list()]
+        return pl.Series(est, dtype=pl.Int64).fill_null(exact).alias(self.name)
 
 
 class TopK(Aggregator):
@@ -114,14 +110,14 @@ class TopK(Aggregator):
     def lift(self, events: pl.DataFrame) -> pl.DataFrame:
         return events.select(
             USER,
-            pl.concat_list(pl.col(self.spec.key)).alias(self.col("keys")),
+            pl.concat_list(pl.col(self.kname)).alias(self.col("keys")),
             pl.concat_list(pl.lit(1, pl.Int64)).alias(self.col("counts")),
         )
 
     def partial(self, events: pl.DataFrame) -> pl.DataFrame:
         sel = self.select_events(events)
-        long = sel.group_by(USER, self.spec.key).agg(pl.len().cast(pl.Int64).alias("_c"))
-        return self._implode(long.rename({self.spec.key: "_k"}))
+        long = sel.group_by(USER, self.kname).agg(pl.len().cast(pl.Int64).alias("_c"))
+        return self._implode(long.rename({self.kname: "_k"}))
 
     def key_partial(self, ref: int) -> list[pl.Expr]:
         """Per (user, key) aggregations of a batch (fused with other map features)."""
@@ -141,7 +137,9 @@ class TopK(Aggregator):
         longest = states.select(pl.col(k).list.len().max()).item()
         if longest is None or longest <= TOPK_MAX_KEYS:
             return states
-        long = states.select(USER, pl.col(k).alias("_k"), pl.col(c).alias("_c")).explode(["_k", "_c"])
+        long = states.select(USER, pl.col(k).alias("_k"), pl.col(c).alias("_c")).explode(
+            ["_k", "_c"]
+        )
         capped = self._implode(long.drop_nulls("_k"))
         rest = states.drop(k, c).join(capped, on=USER, how="left", maintain_order="left")
         return rest.select(states.columns)
@@ -206,7 +204,11 @@ class Decayed(Aggregator):
         self.half_life = float(spec.half_life_us)
         self.keyed = spec.key is not None
         if self.keyed:
-            self.parts = {"ref": pl.Int64(), "keys": pl.List(pl.String()), "vals": pl.List(pl.Float64())}
+            self.parts = {
+                "ref": pl.Int64(),
+                "keys": pl.List(pl.String()),
+                "vals": pl.List(pl.Float64()),
+            }
         else:
             self.parts = {"ref": pl.Int64(), "v": pl.Float64()}
 
@@ -227,7 +229,7 @@ class Decayed(Aggregator):
             return events.select(
                 USER,
                 pl.col("ts").alias(self.col("ref")),
-                pl.concat_list(pl.col(self.spec.key)).alias(self.col("keys")),
+                pl.concat_list(pl.col(self.kname)).alias(self.col("keys")),
                 pl.concat_list(w).alias(self.col("vals")),
             )
         return events.select(USER, pl.col("ts").alias(self.col("ref")), w.alias(self.col("v")))
@@ -239,9 +241,11 @@ class Decayed(Aggregator):
         if not self.keyed:
             return sel.group_by(USER).agg(
                 pl.col("ts").max().alias(self.col("ref")),
-                (self._weight() * self._decay(pl.col("ts") - pl.col("ts").max())).sum().alias(self.col("v")),
+                (self._weight() * self._decay(pl.col("ts") - pl.col("ts").max()))
+                .sum()
+                .alias(self.col("v")),
             )
-        long = sel.select(USER, pl.col(self.spec.key).alias("_k"), ref.alias("_ref"), contrib)
+        long = sel.select(USER, pl.col(self.kname).alias("_k"), ref.alias("_ref"), contrib)
         long = long.group_by(USER, "_k").agg(pl.col("_ref").first(), pl.col("_v").sum())
         return self._implode(long)
 
@@ -311,7 +315,9 @@ class Decayed(Aggregator):
             return states
         r, k, v = self.col("ref"), self.col("keys"), self.col("vals")
         long = (
-            states.select(USER, pl.col(r).alias("_ref"), pl.col(k).alias("_k"), pl.col(v).alias("_v"))
+            states.select(
+                USER, pl.col(r).alias("_ref"), pl.col(k).alias("_k"), pl.col(v).alias("_v")
+            )
             .filter(pl.col("_ref").is_not_null())
             .explode(["_k", "_v"])
             .filter(

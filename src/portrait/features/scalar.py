@@ -53,14 +53,14 @@ class Sum(Aggregator):
 
     def lift(self, events: pl.DataFrame) -> pl.DataFrame:
         dt = self.parts["s"]
-        return events.select(USER, pl.col(self.spec.field).cast(dt).alias(self.col("s")))
+        return events.select(USER, pl.col(self.fname).cast(dt).alias(self.col("s")))
 
     def combine(self, states: pl.DataFrame) -> pl.DataFrame:
         return states.group_by(USER).agg(pl.col(self.col("s")).sum())
 
     def fused_partial(self, ref: int, watermark: int) -> list[pl.Expr]:
         dt = self.parts["s"]
-        value = pl.col(self.spec.field).cast(dt).filter(self.mask())
+        value = pl.col(self.fname).cast(dt).filter(self.mask())
         return [value.sum().alias(self.col("s"))]
 
     def fused_combine(self, watermark: int) -> list[pl.Expr]:
@@ -78,7 +78,7 @@ class Avg(Aggregator):
     def lift(self, events: pl.DataFrame) -> pl.DataFrame:
         return events.select(
             USER,
-            pl.col(self.spec.field).cast(pl.Float64).alias(self.col("s")),
+            pl.col(self.fname).cast(pl.Float64).alias(self.col("s")),
             pl.lit(1, pl.Int64).alias(self.col("n")),
         )
 
@@ -88,7 +88,7 @@ class Avg(Aggregator):
     def fused_partial(self, ref: int, watermark: int) -> list[pl.Expr]:
         m = self.mask()
         return [
-            pl.col(self.spec.field).cast(pl.Float64).filter(m).sum().alias(self.col("s")),
+            pl.col(self.fname).cast(pl.Float64).filter(m).sum().alias(self.col("s")),
             m.sum().cast(pl.Int64).alias(self.col("n")),
         ]
 
@@ -111,13 +111,13 @@ class Extremum(Aggregator):
 
     def lift(self, events: pl.DataFrame) -> pl.DataFrame:
         dt = self.parts["m"]
-        return events.select(USER, pl.col(self.spec.field).cast(dt).alias(self.col("m")))
+        return events.select(USER, pl.col(self.fname).cast(dt).alias(self.col("m")))
 
     def combine(self, states: pl.DataFrame) -> pl.DataFrame:
         return states.group_by(USER).agg(self.fused_combine(0))
 
     def fused_partial(self, ref: int, watermark: int) -> list[pl.Expr]:
-        v = pl.col(self.spec.field).cast(self.parts["m"]).filter(self.mask())
+        v = pl.col(self.fname).cast(self.parts["m"]).filter(self.mask())
         return [(v.max() if self.is_max else v.min()).alias(self.col("m"))]
 
     def fused_combine(self, watermark: int) -> list[pl.Expr]:
@@ -145,7 +145,7 @@ class FirstLast(Aggregator):
             USER,
             pl.col("ts").alias(self.col("ts")),
             pl.col("event_id").alias(self.col("eid")),
-            pl.col(self.spec.field).cast(self.parts["v"]).alias(self.col("v")),
+            pl.col(self.fname).cast(self.parts["v"]).alias(self.col("v")),
         )
 
     @property
@@ -166,7 +166,7 @@ class FirstLast(Aggregator):
         """On a batch pre-sorted by (ts, event_id), only when the mask is trivial."""
         if not self.trivial_mask:
             return None
-        v = pl.col(self.spec.field).cast(self.parts["v"])
+        v = pl.col(self.fname).cast(self.parts["v"])
         cols = (pl.col("ts"), pl.col("event_id"), v)
         picked = [c.last() if self.is_last else c.first() for c in cols]
         return [e.alias(self.col(p)) for e, p in zip(picked, ("ts", "eid", "v"), strict=True)]

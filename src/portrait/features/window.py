@@ -44,8 +44,8 @@ class Windowed(Aggregator):
     def partial_at(self, events: pl.DataFrame, watermark: int) -> pl.DataFrame:
         """The batch's entries still inside the window at ``watermark``."""
         keep = self.mask() & (pl.col("ts") > watermark - self.window)
-        return events.filter(keep).group_by(USER).agg(
-            pl.struct(self.entry_cols).alias(self.col("e"))
+        return (
+            events.filter(keep).group_by(USER).agg(pl.struct(self.entry_cols).alias(self.col("e")))
         )
 
     def combine(self, states: pl.DataFrame) -> pl.DataFrame:

@@ -114,7 +114,9 @@ class EmbeddedStore:
             (self.root / "state").mkdir(exist_ok=True)
             self._acquire_lock()
         elif not (self.root / "portrait.sqlite").exists():
-            raise StoreError(f"no portrait database at {str(self.root)!r} (run `portrait ingest` first)")
+            raise StoreError(
+                f"no portrait database at {str(self.root)!r} (run `portrait ingest` first)"
+            )
         self.db = sqlite3.connect(self.root / "portrait.sqlite", timeout=60, isolation_level=None)
         self.db.execute("PRAGMA busy_timeout = 60000")
         if writer:
@@ -220,7 +222,9 @@ class EmbeddedStore:
             if not frames:
                 return pl.DataFrame()
             both = pl.concat(frames, how="diagonal_relaxed")
-            newest = both.sort("_seq", descending=True).unique(USER, keep="first", maintain_order=True)
+            newest = both.sort("_seq", descending=True).unique(
+                USER, keep="first", maintain_order=True
+            )
             return newest.drop("_seq").sort(USER)
 
         return self._scan_retry("state", build)
@@ -312,21 +316,37 @@ class EmbeddedStore:
             db.executemany("INSERT INTO files VALUES (?, ?, ?, ?)", new_files)
             db.execute(
                 "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)",
-                (seq, time.time(), commit.events.height, commit.states.height,
-                 len(commit.dead_letters), commit.duplicates),
+                (
+                    seq,
+                    time.time(),
+                    commit.events.height,
+                    commit.states.height,
+                    len(commit.dead_letters),
+                    commit.duplicates,
+                ),
             )
             fp = commit.checkpoint.fingerprint if commit.checkpoint else ""
             db.executemany(
-                "INSERT OR IGNORE INTO dead_letters (batch, source, fingerprint, line, reason, raw) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [(seq, d.source, fp or d.source, d.line, d.reason, d.raw) for d in commit.dead_letters],
+                "INSERT OR IGNORE INTO dead_letters "
+                "(batch, source, fingerprint, line, reason, raw) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (seq, d.source, fp or d.source, d.line, d.reason, d.raw)
+                    for d in commit.dead_letters
+                ],
             )
             if commit.checkpoint is not None:
                 c = commit.checkpoint
                 db.execute(
                     "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (c.fingerprint, c.path, c.rows_done, c.accepted, c.rejected, c.duplicates,
-                     int(c.complete)),
+                    (
+                        c.fingerprint,
+                        c.path,
+                        c.rows_done,
+                        c.accepted,
+                        c.rejected,
+                        c.duplicates,
+                        int(c.complete),
+                    ),
                 )
             self._bump(db, commit)
             db.execute("COMMIT")
@@ -352,7 +372,8 @@ class EmbeddedStore:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('watermark', ?)", (json.dumps(wm),))
         if commit.spec_text is not None:
             db.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('spec_text', ?)", (json.dumps(commit.spec_text),)
+                "INSERT OR REPLACE INTO meta VALUES ('spec_text', ?)",
+                (json.dumps(commit.spec_text),),
             )
 
     # -- compaction ------------------------------------------------------
