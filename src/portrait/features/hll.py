@@ -52,7 +52,7 @@ def estimate(registers: np.ndarray) -> int:
     zeros = int((registers == 0).sum())
     if est <= 2.5 * M and zeros:
         est = M * math.log(M / zeros)
-    return round(est)
+    return int(est + 0.5)
 
 
 def to_bytes(registers: np.ndarray) -> bytes:
