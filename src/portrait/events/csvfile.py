@@ -6,35 +6,31 @@ the physical line it starts on (the header is line 1, so the first record is
 on line 2). Blank lines are records that are skipped silently; they still
 count for ``skip_rows``/``rows_end``.
 
-Fast path: a run of lines without any ``"`` is split on commas with Polars
-(no Python loop per record). Otherwise the run goes through :mod:`csv`, which
-may borrow lines past the run to finish a quoted cell.
+Three ways through a run of lines, fastest first (no Python loop per record in
+the first two): no ``"`` at all -> split on commas with Polars; quotes, but
+every line well-formed RFC 4180 -> Polars' CSV parser, one record per line;
+anything else (a quoted cell spanning lines, stray quotes, invalid UTF-8) ->
+:mod:`csv`, which may borrow lines past the run to finish a quoted cell
+(:mod:`portrait.events.csvslow`).
 """
 
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
 
 import polars as pl
 
+from portrait.events.csvslow import Records, parse_slow, unique_names
+from portrait.events.framestage import stage_frame
 from portrait.events.lines import LineRun, LineSource
 from portrait.events.rules import FATAL, check
 from portrait.events.schema import DeadLetter
-from portrait.events.staging import field_name, stage_frame
+from portrait.events.staging import field_name
 from portrait.events.validate import dead_letters
 
-
-@dataclass
-class Records:
-    """Records split into cells: one text column per header name, plus where and what they were."""
-
-    cells: pl.DataFrame
-    lines: pl.Series
-    raws: pl.Series
-    fatal: pl.Series
-    count: int  # records consumed, blank ones included
-    first_line: int  # physical line where these records start
+_CELL = r'(?:"(?:[^"]|"")*"|[^",]*)'
+_STRICT_LINE = rf"^{_CELL}(?:,{_CELL})*$"  # RFC 4180: quotes only around whole cells
+_QUOTED_CELL = r'"(?:[^"]|"")*"'
 
 
 class CsvFile:
@@ -78,90 +74,95 @@ class CsvFile:
         run = self.src.take(count)
         if run is None:
             return None
+        try:
+            text = run.data.decode("utf-8")
+        except UnicodeDecodeError:
+            return self._slow(run)
+        frame = self._lines(run, text)
         if b'"' not in run.data:
-            try:
-                return self._fast(run, run.data.decode("utf-8"))
-            except UnicodeDecodeError:
-                pass
-        return self._slow(run)
+            return self._fast(run, frame)
+        return self._quoted(run, frame) or self._slow(run)
 
-    def _fast(self, run: LineRun, text: str) -> Records:
+    @staticmethod
+    def _lines(run: LineRun, text: str) -> pl.DataFrame:
+        """The run's non-blank lines (``raw``) and their numbers (``line``)."""
         raw = pl.Series("raw", [text]).str.split("\n").explode().str.strip_suffix("\r")
-        frame = pl.DataFrame([raw, pl.int_range(0, run.count, eager=True).alias("i")])
-        frame = frame.filter(pl.col("raw").str.strip_chars() != "")
-        parts = pl.col("raw").str.split(",")
-        n = parts.list.len()
-        fatal = pl.when(n != self.width).then(
-            pl.format(f"record: expected {self.width} columns, got {{}}", n)
+        end = run.first_line + run.count
+        line = pl.int_range(run.first_line, end, eager=True, dtype=pl.Int64).alias("line")
+        return pl.DataFrame([raw, line]).filter(pl.Series(~run.blank()))
+
+    def _records(self, run: LineRun, frame: pl.DataFrame, cells: pl.DataFrame) -> Records:
+        """Records from one line each; ``frame`` has ``raw``, ``line`` and field counts ``n``."""
+        fatal = pl.repeat(None, frame.height, dtype=pl.String, eager=True)
+        wrong = frame.select(pl.arg_where(pl.col("n") != self.width)).to_series()
+        if wrong.len():
+            counts = frame["n"].gather(wrong)
+            msgs = [f"record: expected {self.width} columns, got {c}" for c in counts]
+            fatal = fatal.scatter(wrong, pl.Series(msgs, dtype=pl.String))
+        return Records(
+            cells, frame["line"], frame["raw"], fatal.alias(FATAL), run.count, run.first_line
         )
-        names = _unique_names(self.names)
-        cells = frame.select(
-            [parts.list.get(j, null_on_oob=True).alias(name) for j, name in enumerate(names)]
-        ) if names else pl.DataFrame(height=frame.height)
-        extra = frame.select(fatal.alias(FATAL), (pl.col("i") + run.first_line).alias("line"))
-        return Records(cells, extra["line"], frame["raw"], extra[FATAL], run.count, run.first_line)
+
+    def _fast(self, run: LineRun, frame: pl.DataFrame) -> Records:
+        """No quote anywhere: split every line on commas."""
+        frame = frame.with_columns(pl.col("raw").str.split(",").alias("parts"))
+        frame = frame.with_columns(pl.col("parts").list.len().alias("n"))
+        names = unique_names(self.names)
+        cells = (
+            frame.select(
+                pl.col("parts").list.get(j, null_on_oob=True).alias(name)
+                for j, name in enumerate(names)
+            )
+            if names
+            else pl.DataFrame(height=frame.height)
+        )
+        return self._records(run, frame, cells)
+
+    def _quoted(self, run: LineRun, frame: pl.DataFrame) -> Records | None:
+        """Quoted cells, none spanning lines: Polars' CSV parser, one record per line.
+
+        Only when every line is well-formed RFC 4180 (quotes around whole cells);
+        otherwise None, and the :mod:`csv` module decides.
+        """
+        if not frame.select(pl.col("raw").str.contains(_STRICT_LINE).all()).item():
+            return None
+        unquoted = pl.col("raw").str.replace_all(_QUOTED_CELL, "")
+        n = unquoted.str.count_matches(",", literal=True) + 1
+        frame = frame.with_columns(n.cast(pl.Int64).alias("n"))
+        names = unique_names(self.names)
+        if not names:
+            return self._records(run, frame, pl.DataFrame(height=frame.height))
+        good = frame.select(pl.arg_where(pl.col("n") == self.width)).to_series()
+        text = "\n".join(frame["raw"].gather(good).to_list())
+        generic = [f"c{j}" for j in range(len(names))]
+        parsed = (
+            pl.read_csv(
+                text.encode(),
+                has_header=False,
+                new_columns=generic,
+                infer_schema=False,
+                quote_char='"',
+                raise_if_empty=False,
+            )
+            if good.len()
+            else pl.DataFrame(schema=dict.fromkeys(generic, pl.String))
+        )
+        if parsed.height != good.len():
+            return None
+        if good.len() == frame.height:
+            return self._records(run, frame, parsed.rename(dict(zip(generic, names, strict=True))))
+        cells = pl.DataFrame(
+            {
+                name: pl.repeat(None, frame.height, dtype=pl.String, eager=True).scatter(
+                    good, parsed[col]
+                )
+                for col, name in zip(generic, names, strict=True)
+            }
+        )
+        return self._records(run, frame, cells)
 
     def _slow(self, run: LineRun) -> Records:
-        fed: list[str] = []
-        bad_utf8: dict[int, int] = {}
-        own = run.lines()
-        borrowed = 0
-
-        def decode(data: bytes) -> str:
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                bad_utf8[len(fed)] = exc.start
-                text = data.decode("utf-8", "backslashreplace")
-            fed.append(text)
-            return text + "\n"
-
-        def feed():  # type: ignore[no-untyped-def]
-            nonlocal borrowed
-            for data in own:
-                yield decode(data)
-            while (more := self.src.take(1)) is not None:  # finish a quoted cell
-                borrowed += 1
-                yield decode(more.data)
-
-        reader = csv.reader(feed())
-        rows: list[list[str] | None] = []
-        lines: list[int] = []
-        raws: list[str] = []
-        fatal: list[str | None] = []
-        count = start = 0
-        while start < len(own):
-            why: str | None = None
-            try:
-                cells: list[str] | None = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as exc:
-                cells, why = None, f"record: malformed CSV ({exc})"
-            end = reader.line_num
-            count += 1
-            bad = [i for i in range(start, end) if i in bad_utf8]
-            if bad:
-                cells, why = None, f"record: invalid UTF-8 at byte {bad_utf8[bad[0]]}"
-            elif cells is not None and (not cells or (len(cells) == 1 and not cells[0].strip())):
-                start = end
-                continue  # a blank line
-            elif cells is not None and len(cells) != self.width:
-                why = f"record: expected {self.width} columns, got {len(cells)}"
-                cells = None
-            rows.append(cells)
-            lines.append(run.first_line + start)
-            raws.append("\n".join(fed[start:end]))
-            fatal.append(why)
-            start = end
-        return Records(
-            _cells_frame(rows, self.names),
-            pl.Series("line", lines, dtype=pl.Int64),
-            pl.Series("raw", raws, dtype=pl.String),
-            pl.Series(FATAL, fatal, dtype=pl.String),
-            count,
-            run.first_line,
-        )
+        return parse_slow(run, self.src, self.names)
 
     def validate(self, recs: Records) -> tuple[pl.DataFrame, list[DeadLetter]]:
         """Validate records; returns (events, dead letters)."""
@@ -171,26 +172,3 @@ class CsvFile:
         events, rejected = check(staged)
         raws = recs.raws
         return events, dead_letters(rejected, self.source, lambda rows: raws.gather(rows).to_list())
-
-
-def _cells_frame(rows: list[list[str] | None], names: list[str]) -> pl.DataFrame:
-    width = len(names)
-    if width == 0:
-        return pl.DataFrame(height=len(rows))
-    filled = [r if r is not None else [None] * width for r in rows]
-    columns = list(zip(*filled, strict=True)) if filled else [()] * width
-    unique = _unique_names(names)
-    return pl.DataFrame(
-        {name: pl.Series(name, col, dtype=pl.String) for name, col in zip(unique, columns, strict=True)}
-    )
-
-
-def _unique_names(names: list[str]) -> list[str]:
-    """Header names with repeats hidden (prefixed with NUL) so a frame can hold them."""
-    seen: set[str] = set()
-    out = []
-    for i, name in enumerate(names):
-        out.append(name if name not in seen else f"\0{i}")
-        seen.add(name)
-    return out
-

@@ -31,13 +31,17 @@ class LineRun:
     _bounds: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """(starts, ends) byte offsets of each line in ``data`` (ends exclude ``\\n`` and ``\\r``)."""
+        """(starts, ends): byte offsets of each line in ``data``, ends before ``\\r\\n``."""
         if self._bounds is None:
             buf = np.frombuffer(self.data, dtype=np.uint8)
             nl = np.flatnonzero(buf == 10)
             starts = np.concatenate(([0], nl + 1)).astype(np.int64)
             ends = np.concatenate((nl, [len(self.data)])).astype(np.int64)
-            cr = (ends > starts) & (buf[np.maximum(ends - 1, 0)] == 13) if len(buf) else ends > starts
+            cr = (
+                (ends > starts) & (buf[np.maximum(ends - 1, 0)] == 13)
+                if len(buf)
+                else ends > starts
+            )
             ends = ends - cr.astype(np.int64)
             self._bounds = (starts, ends)
         return self._bounds
@@ -70,9 +74,8 @@ class LineSource:
 
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
-        self._buf = b""
-        self._pos = 0  # start of the unread part of _buf
-        self._newlines = 0  # newlines in the unread part
+        self._chunks: list[tuple[bytes, int]] = []  # unread blocks and their newline counts
+        self._newlines = 0  # newlines in the unread blocks
         self._eof = False
         self._started = False
         self.lines_read = 0  # physical lines handed out so far
@@ -85,30 +88,43 @@ class LineSource:
         if not chunk:
             self._eof = True
             return
-        self._buf = self._buf[self._pos :] + chunk
-        self._pos = 0
-        self._newlines += chunk.count(b"\n")
+        found = chunk.count(b"\n")
+        self._chunks.append((chunk, found))
+        self._newlines += found
 
     def take(self, count: int) -> LineRun | None:
         """The next ``count`` lines (fewer at the end of the file); None when none are left."""
         while self._newlines < count and not self._eof:
             self._fill()
-        if self._pos >= len(self._buf) and self._eof:
+        if not self._chunks:
             return None
         if self._newlines >= count:
-            cut = _nth_newline(self._buf, self._pos, count)
-            data = self._buf[self._pos : cut]
-            self._pos = cut + 1
-            self._newlines -= count
+            data = self._cut(count)
             n = count
         else:  # end of file: everything left; the last line may lack its newline
-            data = self._buf[self._pos :]
-            self._buf, self._pos, self._newlines = b"", 0, 0
+            data = b"".join(c for c, _ in self._chunks)
+            self._chunks, self._newlines = [], 0
             n = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
             data = data.removesuffix(b"\n")
         run = LineRun(data, self.lines_read + 1, n)
         self.lines_read += n
         return run
+
+    def _cut(self, count: int) -> bytes:
+        """The unread data up to (not including) the ``count``-th newline; the rest stays."""
+        need, used = count, 0
+        while self._chunks[used][1] < need:  # find the block holding the count-th newline
+            need -= self._chunks[used][1]
+            used += 1
+        chunk, found = self._chunks[used]
+        at = _nth_newline(chunk, need)
+        data = b"".join([*(c for c, _ in self._chunks[:used]), chunk[:at]])
+        rest = chunk[at + 1 :]
+        self._chunks = (
+            [(rest, found - need), *self._chunks[used + 1 :]] if rest else self._chunks[used + 1 :]
+        )
+        self._newlines -= count
+        return data
 
     def skip(self, count: int) -> int:
         """Drop ``count`` lines; returns how many there were."""
@@ -121,19 +137,11 @@ class LineSource:
         return done
 
 
-def _nth_newline(buf: bytes, start: int, n: int) -> int:
-    """Offset of the n-th (1-based) newline at or after ``start``; ``buf`` holds at least n."""
+def _nth_newline(buf: bytes, n: int) -> int:
+    """Offset of the n-th (1-based) newline in ``buf``, which holds at least n."""
     if n <= 64:
-        pos = start - 1
+        pos = -1
         for _ in range(n):
             pos = buf.index(b"\n", pos + 1)
         return pos
-    view = np.frombuffer(buf, dtype=np.uint8, offset=start)
-    step = max(n * 64, 1 << 16)
-    base = 0
-    while True:  # scan a growing prefix, not the whole buffer, for small runs
-        found = np.flatnonzero(view[base : base + step] == 10)
-        if len(found) >= n:
-            return start + base + int(found[n - 1])
-        n -= len(found)
-        base += step
+    return int(np.flatnonzero(np.frombuffer(buf, dtype=np.uint8) == 10)[n - 1])

@@ -34,20 +34,25 @@ from pathlib import Path
 from typing import BinaryIO
 
 import polars as pl
-import pyarrow.parquet as pq
 
 from portrait.errors import SourceError, UsageError
 from portrait.events.csvfile import CsvFile
 from portrait.events.eventid import derive_event_ids
 from portrait.events.jsonl import validate_run
 from portrait.events.lines import LineSource
-from portrait.events.parquetfile import open_parquet, row_blocks
+from portrait.events.parquetfile import parquet_rows, row_blocks
 from portrait.events.schema import DeadLetter
 from portrait.events.validate import validate_frame
 
 FORMATS: dict[str, str] = {
-    ".jsonl.gz": "jsonl", ".ndjson.gz": "jsonl", ".csv.gz": "csv",
-    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet",
+    ".jsonl.gz": "jsonl",
+    ".ndjson.gz": "jsonl",
+    ".csv.gz": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
 }
 _STREAM_ERRORS = (OSError, EOFError, zlib.error)
 
@@ -84,14 +89,17 @@ def _check_file(source: str) -> Path:
 def _open(path: Path, source: str) -> BinaryIO:
     """Open a (possibly gzip-compressed) file for binary reading, checking it can be read."""
     try:
-        if path.name.lower().endswith(".gz"):
-            stream: BinaryIO = gzip.open(path, "rb")  # type: ignore[assignment]
-            stream.peek(1)  # type: ignore[attr-defined]  # not gzip -> BadGzipFile now
-        else:
-            stream = path.open("rb")
-    except _STREAM_ERRORS as exc:
+        if not path.name.lower().endswith(".gz"):
+            return path.open("rb")
+        stream = gzip.open(path, "rb")  # noqa: SIM115 - returned open, closed by the reader
+    except OSError as exc:
         raise SourceError(f"{source}: cannot read ({exc})") from exc
-    return stream
+    try:
+        stream.peek(1)  # not gzip -> BadGzipFile now, not in the middle of a run
+    except _STREAM_ERRORS as exc:
+        stream.close()
+        raise SourceError(f"{source}: cannot read ({exc})") from exc
+    return stream  # type: ignore[return-value]
 
 
 def read_events(
@@ -102,14 +110,17 @@ def read_events(
     Each batch covers at most ``batch_size`` rows. An empty file yields nothing.
     """
     if batch_size < 1 or skip_rows < 0:
-        raise UsageError(f"batch_size must be >= 1 and skip_rows >= 0, got {batch_size}, {skip_rows}")
+        raise UsageError(
+            f"batch_size must be >= 1 and skip_rows >= 0, got {batch_size}, {skip_rows}"
+        )
     source = os.fspath(path)
     checked = _check_file(source)
     kind = file_format(source)
     if kind == "parquet":
         if checked.stat().st_size == 0:
             return iter(())
-        return _parquet(open_parquet(source, source), source, batch_size, skip_rows)
+        parquet_rows(source, source)  # a bad footer fails here, before any batch
+        return _parquet(source, batch_size, skip_rows)
     stream = _open(checked, source)
     if kind == "csv":
         return _csv(stream, source, batch_size, skip_rows)
@@ -141,15 +152,15 @@ def _csv(stream: BinaryIO, source: str, batch_size: int, skip_rows: int) -> Iter
                 done += recs.count
                 events, rejects = reader.validate(recs)
                 if events.height or rejects:
-                    yield EventBatch(source, recs.first_line, done, derive_event_ids(events), rejects)
+                    yield EventBatch(
+                        source, recs.first_line, done, derive_event_ids(events), rejects
+                    )
         except _STREAM_ERRORS as exc:
             raise SourceError(f"{source}: cannot read ({exc})") from exc
 
 
-def _parquet(
-    pf: pq.ParquetFile, source: str, batch_size: int, skip_rows: int
-) -> Iterator[EventBatch]:
-    for block in row_blocks(pf, source, batch_size, skip_rows):
+def _parquet(source: str, batch_size: int, skip_rows: int) -> Iterator[EventBatch]:
+    for block in row_blocks(source, source, batch_size, skip_rows):
         n = block.frame.height
         lines = pl.int_range(block.first_row, block.first_row + n, eager=True, dtype=pl.Int64)
         events, rejects = validate_frame(block.frame, source=source, lines=lines, raw_format="json")

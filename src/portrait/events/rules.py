@@ -56,7 +56,7 @@ def show_str(e: pl.Expr) -> pl.Expr:
 
 def show_num(x: pl.Expr) -> pl.Expr:
     """A display of a number: integral values without ``.0``, so 5, 5.0 and '5' read alike."""
-    integral = x.is_finite() & (x == x.floor()) & (x.abs() < 1e15)
+    integral = x.is_finite() & (x == x.floor()) & (x.abs() < 1e18)
     as_int = x.cast(pl.Int64, strict=False).cast(pl.String)
     return pl.when(integral).then(as_int).otherwise(x.cast(pl.String))
 
@@ -72,11 +72,10 @@ class Rule:
         return pl.any_horizontal([c.fill_null(False) for c, _ in self.checks])
 
     def reason(self) -> pl.Expr:
-        c0, m0 = self.checks[0]
-        chain = pl.when(c0.fill_null(False)).then(m0)
-        for c, m in self.checks[1:]:
-            chain = chain.when(c.fill_null(False)).then(m)
-        return chain.otherwise(pl.lit(None, pl.String))
+        expr = pl.lit(None, pl.String)
+        for c, m in reversed(self.checks):
+            expr = pl.when(c.fill_null(False)).then(m).otherwise(expr)
+        return expr
 
 
 def _with_err(field: str, cols: set[str], checks: list[tuple[pl.Expr, pl.Expr]]) -> Rule:
@@ -123,7 +122,10 @@ _NUMBER_RULES: dict[str, tuple[Callable[[pl.Expr], pl.Expr], str]] = {
         "must be an integer >= 1",
     ),
     "rating": (lambda x: x.is_finite(), "must be finite"),
-    "lat": (lambda x: x.is_finite() & x.is_between(-90, 90), "must be finite and between -90 and 90"),
+    "lat": (
+        lambda x: x.is_finite() & x.is_between(-90, 90),
+        "must be finite and between -90 and 90",
+    ),
     "lon": (
         lambda x: x.is_finite() & x.is_between(-180, 180),
         "must be finite and between -180 and 180",
@@ -222,7 +224,7 @@ def _resolve_slow_times(frame: pl.DataFrame) -> pl.DataFrame:
         return frame
     rows: list[int] = pending[ROW].to_list()
     values, whys = zip(*(tsparse.parse_string_slow(t) for t in pending["ts_str"]), strict=True)
-    ts = frame[_TS].scatter(rows, pl.Series(values, dtype=pl.Int64))
+    ts = frame[_TS].clone().scatter(rows, pl.Series(values, dtype=pl.Int64))
     problems = pl.repeat(None, frame.height, dtype=pl.String, eager=True)
     problems = problems.scatter(rows, pl.Series(whys, dtype=pl.String))
     return frame.with_columns(ts.alias(_TS), problems.alias(_TS_PROBLEM))
@@ -238,8 +240,9 @@ def _value(field: str, cols: set[str]) -> pl.Expr:
         return pl.when(pl.col(f"_n:{field}") > 0).then(pl.col(f"_v:{field}")).alias(field)
     if field == "quantity":
         return pl.col(field).cast(pl.Int64, strict=False).alias(field)
-    if dtype == pl.Float64:
-        return (pl.col(field) + 0.0).alias(field)  # -0.0 -> 0.0, one canonical zero
+    if dtype == pl.Float64:  # one canonical zero: -0.0 -> 0.0
+        x = pl.col(field)
+        return pl.when(x == 0).then(pl.lit(0.0)).otherwise(x).alias(field)
     return pl.col(field).cast(dtype).alias(field)
 
 
@@ -262,7 +265,9 @@ def check(staged: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     line = pl.col(LINE_COLUMN).cast(pl.Int64)
     events = frame.filter(~pl.col("_bad")).select([*values, line])
     parts = [pl.col(RECORD_ERR)] if RECORD_ERR in cols else []
-    joined = pl.concat_str([*parts, *(r.reason() for r in rules)], separator="; ", ignore_nulls=True)
+    joined = pl.concat_str(
+        [*parts, *(r.reason() for r in rules)], separator="; ", ignore_nulls=True
+    )
     reason = pl.col(FATAL) if FATAL in cols else pl.lit(None, pl.String)
     reason = pl.coalesce(reason, joined).alias(REASON)
     rejected = frame.filter(pl.col("_bad")).select(pl.col(ROW).cast(pl.Int64), line, reason)

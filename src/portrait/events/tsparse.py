@@ -77,7 +77,9 @@ def string_to_us(s: pl.Expr) -> pl.Expr:
     full_ok = (
         s.str.contains(RFC3339_RE)
         & _valid_date(y, mo, d)
-        & (hh < 24) & (mi < 60) & (ss < 60)
+        & (hh < 24)
+        & (mi < 60)
+        & (ss < 60)
         & (zulu | ((off_h < 24) & (off_m < 60)))
         & full.is_between(MIN_US, MAX_US)
     )

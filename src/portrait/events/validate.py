@@ -27,9 +27,10 @@ from typing import Literal
 import polars as pl
 
 from portrait.events.eventid import derive_event_ids
+from portrait.events.framestage import stage_frame
 from portrait.events.rules import REASON, ROW, check
 from portrait.events.schema import LINE_COLUMN, DeadLetter
-from portrait.events.staging import stage_frame, stage_records
+from portrait.events.staging import stage_records
 
 __all__ = ["derive_event_ids", "validate_frame", "validate_records"]
 
@@ -109,7 +110,10 @@ def row_raws(frame: pl.DataFrame, rows: list[int], raw_format: RawFormat) -> lis
             csv.writer(buf, lineterminator="").writerow(["" if v is None else v for v in values])
             out.append(buf.getvalue())
         return out
-    return [json.dumps(row, default=_jsonable, ensure_ascii=False) for row in picked.iter_rows(named=True)]
+    return [
+        json.dumps(row, default=_jsonable, ensure_ascii=False)
+        for row in picked.iter_rows(named=True)
+    ]
 
 
 def _jsonable(v: object) -> object:
