@@ -38,7 +38,7 @@ from portrait.spec.rules import to_polars
 from portrait.store.base import Checkpoint, Commit, Store
 from portrait.timeutil import format_us
 
-DEFAULT_BATCH_SIZE = 500_000
+DEFAULT_BATCH_SIZE = 2_000_000
 
 
 @dataclass
@@ -91,6 +91,7 @@ class Engine:
         self.agg = ProfileAggregator(spec)
         self.watermark: int | None = meta.watermark
         self._states: pl.DataFrame | None = None
+        self._overlay = self.agg.empty()
         self._spec_saved = meta.spec_text is not None
 
     # -- ingest ----------------------------------------------------------
@@ -151,14 +152,34 @@ class Engine:
         return accepted, dups
 
     def _load_states(self) -> pl.DataFrame:
+        """All current states (writer cache): the base plus the recent overlay."""
         if self._states is None:
             found = self.store.states()
             self._states = self.agg.conform(found) if found.height else self.agg.empty()
+            self._overlay = self.agg.empty()
+        if self._overlay.height:
+            keep = self._states.join(self._overlay.select(USER), on=USER, how="anti")
+            self._states = pl.concat([keep, self._overlay])
+            self._overlay = self.agg.empty()
         return self._states
+
+    def _old_states(self, users: pl.DataFrame) -> pl.DataFrame:
+        """Current states of ``users`` (those that have one), from the cache.
+
+        Recent batches live in a small overlay folded into the base only when
+        it grows past a quarter of it, so a small batch costs O(batch), not
+        O(all users).
+        """
+        if self._states is None:
+            self._load_states()
+        assert self._states is not None
+        recent = self._overlay.join(users, on=USER, how="semi")
+        rest = users.join(recent.select(USER), on=USER, how="anti")
+        base = self._states.join(rest, on=USER, how="semi")
+        return pl.concat([base, recent]) if recent.height else base
 
     def _apply(self, events: pl.DataFrame, rejects: list[DeadLetter]) -> tuple[int, int]:
         """Dedup + aggregate one batch; the result waits in ``_pending`` for commit."""
-        states = self._load_states()
         if events.height:
             first = events["event_id"].is_first_distinct()
             fresh = first & ~self.store.seen(events["event_id"])
@@ -173,10 +194,8 @@ class Engine:
             assert isinstance(batch_max, int)
             self.watermark = batch_max if self.watermark is None else max(self.watermark, batch_max)
             partial = self.agg.partial(new, watermark=self.watermark)
-            old = states.join(partial.select(USER), on=USER, how="semi")
-            merged = (
-                self.agg.merge(old, partial, watermark=self.watermark) if old.height else partial
-            )
+            old = self._old_states(partial.select(USER))
+            merged = self.agg.merge_into(old, partial, self.watermark)
             merged = self.agg.prune(merged, self.watermark)
             new_users = partial.height - old.height
         self._pending = Commit(
@@ -195,10 +214,11 @@ class Engine:
         pending.checkpoint = checkpoint
         self.store.commit(pending)
         self._spec_saved = True
-        if pending.states.height:
-            states = self._load_states()
-            keep = states.join(pending.states.select(USER), on=USER, how="anti")
-            self._states = pl.concat([keep, pending.states])
+        if pending.states.height and self._states is not None:
+            keep = self._overlay.join(pending.states.select(USER), on=USER, how="anti")
+            self._overlay = pl.concat([keep, pending.states])
+            if self._overlay.height * 4 > self._states.height:
+                self._load_states()
 
     # -- reads -----------------------------------------------------------
     def read_at(self, at: int | None = None, user_ids: list[str] | None = None) -> pl.DataFrame:
@@ -212,7 +232,7 @@ class Engine:
             return self.agg.read(self.agg.empty(), 0)
         at = wm if at is None else at
         if at >= wm:
-            states = self._states if self._states is not None and user_ids is None else None
+            states = self._load_states() if self._states is not None and user_ids is None else None
             if states is None:
                 states = self.store.states(user_ids)
             states = self.agg.conform(states) if states.height else self.agg.empty()

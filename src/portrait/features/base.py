@@ -119,6 +119,15 @@ class Aggregator(ABC):
         """Aggregations merging state rows grouped by user, or None."""
         return None
 
+    def pair_merge(self, watermark: int) -> list[pl.Expr] | None:
+        """Column-wise merge of two aligned states, or None (use ``combine``).
+
+        Evaluated over ``new.join(old, on=user_id, how="left", suffix="_o")``:
+        ``pl.col(c)`` is the new side, ``pl.col(c + "_o")`` the old one
+        (null when the user is new). Must equal ``combine`` of the two rows.
+        """
+        return None
+
     def finish(self, states: pl.DataFrame) -> pl.DataFrame:
         """Post-step after a fused group-by (sketch switch, caps). Default: none."""
         return states
@@ -146,6 +155,14 @@ class Aggregator(ABC):
     @abstractmethod
     def read(self, states: pl.DataFrame, at: int) -> pl.Series:
         """The value at ``at`` (epoch µs) for every row of ``states`` (nulls = identity)."""
+
+
+def old(column: str) -> pl.Expr:
+    """The old side of an aligned pair (see ``Aggregator.pair_merge``)."""
+    return pl.col(column + OLD_SUFFIX)
+
+
+OLD_SUFFIX = "_o"
 
 
 def empty_states(schema: dict[str, pl.DataType]) -> pl.DataFrame:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import polars as pl
 
 from portrait.features import hll
-from portrait.features.base import USER, Aggregator
+from portrait.features.base import USER, Aggregator, old
 
 DISTINCT_EXACT_LIMIT = 10_000
 TOPK_MAX_KEYS = 10_000
@@ -48,6 +48,14 @@ class Distinct(Aggregator):
         )
         out = pairs.group_by(USER).agg(pl.col("_k").alias(self.col("keys")))
         return self.finish(out.with_columns(pl.lit(None, pl.Binary).alias(self.col("hll"))))
+
+    def pair_merge(self, watermark: int) -> list[pl.Expr]:
+        k, h = self.col("keys"), self.col("hll")
+        empty = pl.lit([], pl.List(pl.String))
+        return [
+            old(k).fill_null(empty).list.set_union(pl.col(k).fill_null(empty)).alias(k),
+            pl.concat_list(old(h), pl.col(h)).list.drop_nulls().alias(h),  # folded in finish()
+        ]
 
     def combine(self, states: pl.DataFrame) -> pl.DataFrame:
         k, h = self.col("keys"), self.col("hll")
@@ -258,6 +266,15 @@ class Decayed(Aggregator):
             pl.when(m.any()).then(pl.lit(ref, pl.Int64)).alias(self.col("ref")),
             contrib.sum().alias(self.col("v")),
         ]
+
+    def pair_merge(self, watermark: int) -> list[pl.Expr] | None:
+        if self.keyed:
+            return None
+        r, v = self.col("ref"), self.col("v")
+        ref = pl.max_horizontal(old(r), pl.col(r))
+        a = (old(v) * self._decay(old(r) - ref)).fill_null(0.0)
+        b = (pl.col(v) * self._decay(pl.col(r) - ref)).fill_null(0.0)
+        return [ref.alias(r), (a + b).alias(v)]
 
     def key_partial(self, ref: int) -> list[pl.Expr]:
         m = self.mask()

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from portrait.features.base import USER, Aggregator, empty_states
+from portrait.features.base import OLD_SUFFIX, USER, Aggregator, empty_states
 from portrait.features.maps import Decayed, Distinct, TopK
 from portrait.features.scalar import Avg, Count, Extremum, FirstLast, Sum
 from portrait.features.window import Windowed
@@ -136,6 +136,36 @@ class ProfileAggregator:
             parts.append(part)
         base = both.group_by(USER).agg(exprs) if exprs else both.select(USER).unique()
         return self._join(parts, base)
+
+    def merge_into(
+        self, old_states: pl.DataFrame, new: pl.DataFrame, watermark: int
+    ) -> pl.DataFrame:
+        """Merge a batch's partial states into the old states of the same users.
+
+        ``new`` has one row per touched user, ``old_states`` at most one (a
+        subset of those users). One aligned join, then column-wise merges;
+        map kinds fall back to ``combine`` over both sides. Returns one row
+        per user of ``new``, windows pruned at ``watermark``.
+        """
+        if old_states.height == 0:
+            return new
+        joined = new.join(self.conform(old_states), on=USER, how="left", suffix=OLD_SUFFIX)
+        exprs: list[pl.Expr] = []
+        parts: list[pl.DataFrame] = []
+        for agg in self.aggs:
+            pair = agg.pair_merge(watermark)
+            if pair is not None:
+                exprs.extend(pair)
+                continue
+            cols = list(agg.state_schema)
+            both = pl.concat([new.select(USER, *cols), old_states.select(USER, *cols)])
+            parts.append(agg.combine(both))
+        out = reduce(
+            lambda acc, f: acc.join(f, on=USER, how="left"), parts, joined.select(USER, *exprs)
+        )
+        for agg in self.aggs:
+            out = agg.finish(out)
+        return self.conform(out)
 
     def prune(self, states: pl.DataFrame, watermark: int) -> pl.DataFrame:
         for agg in self.aggs:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import polars as pl
 
 from portrait.events.schema import EVENT_SCHEMA
-from portrait.features.base import USER, Aggregator
+from portrait.features.base import USER, Aggregator, old
 
 
 def _field_dtype(field: str | None) -> pl.DataType:
@@ -40,6 +40,10 @@ class Count(Aggregator):
     def fused_combine(self, watermark: int) -> list[pl.Expr]:
         return [pl.col(self.col("n")).sum()]
 
+    def pair_merge(self, watermark: int) -> list[pl.Expr]:
+        n = self.col("n")
+        return [(pl.col(n).fill_null(0) + old(n).fill_null(0)).alias(n)]
+
     def read(self, states: pl.DataFrame, at: int) -> pl.Series:
         return states[self.col("n")].fill_null(0).alias(self.name)
 
@@ -65,6 +69,10 @@ class Sum(Aggregator):
 
     def fused_combine(self, watermark: int) -> list[pl.Expr]:
         return [pl.col(self.col("s")).sum()]
+
+    def pair_merge(self, watermark: int) -> list[pl.Expr]:
+        c = self.col("s")
+        return [pl.sum_horizontal(pl.col(c), old(c)).cast(self.parts["s"]).alias(c)]
 
     def read(self, states: pl.DataFrame, at: int) -> pl.Series:
         return states[self.col("s")].fill_null(0).alias(self.name)
@@ -95,6 +103,13 @@ class Avg(Aggregator):
     def fused_combine(self, watermark: int) -> list[pl.Expr]:
         return [pl.col(self.col("s")).sum(), pl.col(self.col("n")).sum()]
 
+    def pair_merge(self, watermark: int) -> list[pl.Expr]:
+        s, n = self.col("s"), self.col("n")
+        return [
+            pl.sum_horizontal(pl.col(s), old(s)).alias(s),
+            pl.sum_horizontal(pl.col(n), old(n)).cast(pl.Int64).alias(n),
+        ]
+
     def read(self, states: pl.DataFrame, at: int) -> pl.Series:
         n = states[self.col("n")].fill_null(0)
         s = states[self.col("s")].fill_null(0.0)
@@ -123,6 +138,11 @@ class Extremum(Aggregator):
     def fused_combine(self, watermark: int) -> list[pl.Expr]:
         c = pl.col(self.col("m"))
         return [c.max() if self.is_max else c.min()]
+
+    def pair_merge(self, watermark: int) -> list[pl.Expr]:
+        m = self.col("m")
+        pick = pl.max_horizontal if self.is_max else pl.min_horizontal
+        return [pick(pl.col(m), old(m)).alias(m)]
 
     def read(self, states: pl.DataFrame, at: int) -> pl.Series:
         return states[self.col("m")].alias(self.name)
@@ -170,6 +190,17 @@ class FirstLast(Aggregator):
         cols = (pl.col("ts"), pl.col("event_id"), v)
         picked = [c.last() if self.is_last else c.first() for c in cols]
         return [e.alias(self.col(p)) for e, p in zip(picked, ("ts", "eid", "v"), strict=True)]
+
+    def pair_merge(self, watermark: int) -> list[pl.Expr]:
+        ts, eid = self.col("ts"), self.col("eid")
+        a_ts, a_eid, b_ts, b_eid = old(ts), old(eid), pl.col(ts), pl.col(eid)
+        if self.is_last:
+            better = (a_ts > b_ts) | ((a_ts == b_ts) & (a_eid > b_eid))
+        else:
+            better = (a_ts < b_ts) | ((a_ts == b_ts) & (a_eid < b_eid))
+        old_wins = a_ts.is_not_null() & (b_ts.is_null() | better)
+        cols = (ts, eid, self.col("v"))
+        return [pl.when(old_wins).then(old(c)).otherwise(pl.col(c)).alias(c) for c in cols]
 
     def combine(self, states: pl.DataFrame) -> pl.DataFrame:
         ts, eid = self.col("ts"), self.col("eid")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import polars as pl
 
 from portrait.events.schema import EVENT_SCHEMA
-from portrait.features.base import USER, Aggregator
+from portrait.features.base import USER, Aggregator, old
 
 
 class Windowed(Aggregator):
@@ -47,6 +47,14 @@ class Windowed(Aggregator):
         return (
             events.filter(keep).group_by(USER).agg(pl.struct(self.entry_cols).alias(self.col("e")))
         )
+
+    def pair_merge(self, watermark: int) -> list[pl.Expr]:
+        e = self.col("e")
+        empty = pl.lit([], self.parts["e"])
+        both = pl.concat_list(old(e).fill_null(empty), pl.col(e).fill_null(empty))
+        cutoff = watermark - self.window
+        kept = both.list.eval(pl.element().filter(pl.element().struct.field("ts") > cutoff))
+        return [kept.alias(e)]
 
     def combine(self, states: pl.DataFrame) -> pl.DataFrame:
         e = self.col("e")

@@ -42,14 +42,18 @@ class SeenSet:
         if ids.len() == 0 or self.h1.size == 0:
             return pl.Series(ids.name, np.zeros(ids.len(), dtype=bool))
         q1, q2 = _hashes(ids)
-        lo = np.searchsorted(self.h1, q1, side="left")
-        hi = np.searchsorted(self.h1, q1, side="right")
-        found = np.zeros(q1.size, dtype=bool)
+        order = np.argsort(q1)  # sorted probes walk the table in order: cache friendly
+        s1, s2 = q1[order], q2[order]
+        lo = np.searchsorted(self.h1, s1, side="left")
+        hi = np.searchsorted(self.h1, s1, side="right")
+        hit = np.zeros(s1.size, dtype=bool)
         single = (hi - lo) == 1
         idx = np.minimum(lo, self.h1.size - 1)
-        found[single] = self.h2[idx[single]] == q2[single]
+        hit[single] = self.h2[idx[single]] == s2[single]
         for i in np.nonzero((hi - lo) > 1)[0]:  # h1 collision: check the whole run
-            found[i] = bool((self.h2[lo[i] : hi[i]] == q2[i]).any())
+            hit[i] = bool((self.h2[lo[i] : hi[i]] == s2[i]).any())
+        found = np.empty_like(hit)
+        found[order] = hit
         return pl.Series(ids.name, found)
 
     def add(self, ids: pl.Series) -> None:
