@@ -36,7 +36,7 @@ def _emit(obj: Any) -> None:
 
 
 def _fail(exc: PortraitError) -> None:
-    err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+    sys.stderr.write(f"error: {exc}\n")  # never wrapped: scripts grep it
     raise typer.Exit(exc.exit_code)
 
 

@@ -253,7 +253,8 @@ def check(staged: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     plus ``_line`` (event_id left null where absent); rejected has ``_row``
     (0-based position in ``staged``), ``_line`` and ``_reason``.
     """
-    frame = _resolve_slow_times(_prepare(_complete(staged)))
+    # rechunk: Polars 2.1 can panic filtering multi-chunk frames (row groups)
+    frame = _resolve_slow_times(_prepare(_complete(staged.rechunk()))).rechunk()
     cols = set(frame.columns)
     rules = _rules(cols)
     bad = pl.any_horizontal([r.bad() for r in rules])

@@ -39,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import orjson
 import polars as pl
 
 from portrait.errors import StoreError
@@ -77,8 +78,10 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     line INTEGER NOT NULL,
     reason TEXT NOT NULL,
     raw TEXT NOT NULL,
+    user_id TEXT,
     UNIQUE (fingerprint, line)
 );
+CREATE INDEX IF NOT EXISTS dead_letters_user ON dead_letters (user_id);
 CREATE TABLE IF NOT EXISTS checkpoints (
     fingerprint TEXT PRIMARY KEY,
     path TEXT NOT NULL,
@@ -246,6 +249,8 @@ class EmbeddedStore:
         return self._scan_retry("log", build)
 
     def seen(self, event_ids: pl.Series) -> pl.Series:
+        if not self.writer:  # a reader sees other processes' commits: no cache
+            return SeenSet(self._logged_ids()).contains(event_ids)
         if self._seen is None:
             self._seen = SeenSet(self._logged_ids())
         return self._seen.contains(event_ids)
@@ -260,13 +265,13 @@ class EmbeddedStore:
         return self._scan_retry("log", build)["event_id"]
 
     def dead_letters(self, limit: int | None = None) -> list[dict[str, object]]:
-        sql = "SELECT source, line, reason, raw, batch FROM dead_letters ORDER BY id"
+        sql = "SELECT source, line, reason, raw, batch, user_id FROM dead_letters ORDER BY id"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         rows = self.db.execute(sql).fetchall()
         return [
-            {"source": s, "line": ln, "reason": r, "raw": raw, "batch": b}
-            for s, ln, r, raw, b in rows
+            {"source": s, "line": ln, "reason": r, "raw": raw, "batch": b, "user_id": u}
+            for s, ln, r, raw, b, u in rows
         ]
 
     def checkpoint(self, fingerprint: str) -> Checkpoint | None:
@@ -325,12 +330,24 @@ class EmbeddedStore:
                     commit.duplicates,
                 ),
             )
-            fp = commit.checkpoint.fingerprint if commit.checkpoint else ""
+            # A file's dead letters are keyed by (file fingerprint, line), so
+            # re-ingesting the file does not repeat them; records that came
+            # without a file (API, streams) are all kept.
+            fp = commit.checkpoint.fingerprint if commit.checkpoint else f"batch:{seq}:"
             db.executemany(
                 "INSERT OR IGNORE INTO dead_letters "
-                "(batch, source, fingerprint, line, reason, raw) VALUES (?, ?, ?, ?, ?, ?)",
+                "(batch, source, fingerprint, line, reason, raw, user_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (seq, d.source, fp or d.source, d.line, d.reason, d.raw)
+                    (
+                        seq,
+                        d.source,
+                        fp if commit.checkpoint else fp + d.source,
+                        d.line,
+                        d.reason,
+                        d.raw,
+                        _raw_user_id(d.raw),
+                    )
                     for d in commit.dead_letters
                 ],
             )
@@ -412,6 +429,16 @@ class EmbeddedStore:
         for _, n in old:
             with contextlib.suppress(FileNotFoundError):
                 (self.root / n).unlink()
+
+
+def _raw_user_id(raw: str) -> str | None:
+    """Best effort: the ``user_id`` of a rejected raw record, so erasure finds it."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    uid = obj.get("user_id") if isinstance(obj, dict) else None
+    return uid.strip() if isinstance(uid, str) and uid.strip() else None
 
 
 def open_store(path: str | os.PathLike[str], *, writer: bool = False) -> EmbeddedStore:
