@@ -503,22 +503,31 @@ def test_everything_about_one_user_is_in_files_found_by_user_id(
 def test_dead_letters_of_one_user_are_found_by_user_id(backend: Backend, tmp_path: Path) -> None:
     """Regression: the embedded store's docstring promises that every dead letter
     carries ``user_id`` (erasure must find them), but dead letters kept only source,
-    line, reason and raw: a user's rejected records could not be located."""
-    lines = [
+    line, reason and raw: a user's rejected records could not be located. Whatever
+    the file format the record came in."""
+    rows = [
         {"user_id": "eve", "ts": "2024-03-01T00:00:00Z", "type": "view"},
         {"user_id": "eve", "ts": "2024-03-01T00:00:00Z", "type": "purchase", "price": -1},
         {"user_id": "bob", "ts": "2024-03-01T00:00:00Z", "type": "purchase", "price": -1},
         {"user_id": "eve", "ts": "2024-02-30T00:00:00Z", "type": "view"},
     ]
-    src = tmp_path / "eve.jsonl"
-    src.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    jsonl, csv, parquet = tmp_path / "eve.jsonl", tmp_path / "eve.csv", tmp_path / "eve.parquet"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    frame = pl.DataFrame(rows, schema={"user_id": pl.String, "ts": pl.String,
+                                       "type": pl.String, "price": pl.Float64})
+    frame.write_csv(csv)
+    frame.write_parquet(parquet)
     store = backend.writer()
-    Engine(SPEC, store).ingest([src])
-    assert events_of(store, ["eve"]).height == 1
+    Engine(SPEC, store).ingest([jsonl, csv, parquet])
+    assert events_of(store, ["eve"]).height == 1  # the same good event three times
     letters = store.dead_letters()
-    assert len(letters) == 3
-    eve = [d["line"] for d in letters if d.get("user_id") == "eve"]
-    assert eve == [2, 4], f"dead letters do not carry user_id: {letters[0]}"
+    assert len(letters) == 9
+    found = {(Path(str(d["source"])).suffix, d["line"]) for d in letters
+             if d.get("user_id") == "eve"}
+    # CSV lines count the header: record k is on line k + 1
+    want = {(".jsonl", 2), (".jsonl", 4), (".csv", 3), (".csv", 5), (".parquet", 2),
+            (".parquet", 4)}
+    assert found == want, f"eve's dead letters not found by user_id: {letters}"
 
 
 def test_one_writer_at_a_time(backend: Backend, tmp_path: Path) -> None:

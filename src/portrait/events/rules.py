@@ -271,5 +271,12 @@ def check(staged: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     )
     reason = pl.col(FATAL) if FATAL in cols else pl.lit(None, pl.String)
     reason = pl.coalesce(reason, joined).alias(REASON)
-    rejected = frame.filter(pl.col("_bad")).select(pl.col(ROW).cast(pl.Int64), line, reason)
+    uid = (
+        pl.col("user_id").cast(pl.String, strict=False).str.strip_chars()
+        if "user_id" in cols
+        else pl.lit(None, pl.String)
+    )
+    rejected = frame.filter(pl.col("_bad")).select(
+        pl.col(ROW).cast(pl.Int64), line, reason, uid.alias("_user_id")
+    )
     return events, rejected

@@ -54,6 +54,7 @@ class DeadLetter:
     line: int
     reason: str
     raw: str
+    user_id: str | None = None  # when the record had a usable one (for erasure)
 
 
 def empty_events() -> pl.DataFrame:

@@ -92,10 +92,15 @@ def dead_letters(rejected: pl.DataFrame, source: str, raws_of: RawsOf) -> list[D
         return []
     rows: list[int] = rejected[ROW].to_list()
     raws = raws_of(rows)
+    uids = (
+        rejected["_user_id"].to_list()
+        if "_user_id" in rejected.columns
+        else [None] * rejected.height
+    )
     return [
-        DeadLetter(source=source, line=line, reason=reason, raw=raw)
-        for line, reason, raw in zip(
-            rejected[LINE_COLUMN].to_list(), rejected[REASON].to_list(), raws, strict=True
+        DeadLetter(source=source, line=line, reason=reason, raw=raw, user_id=uid or None)
+        for line, reason, raw, uid in zip(
+            rejected[LINE_COLUMN].to_list(), rejected[REASON].to_list(), raws, uids, strict=True
         )
     ]
 

@@ -346,7 +346,7 @@ class EmbeddedStore:
                         d.line,
                         d.reason,
                         d.raw,
-                        _raw_user_id(d.raw),
+                        d.user_id or _raw_user_id(d.raw),
                     )
                     for d in commit.dead_letters
                 ],
