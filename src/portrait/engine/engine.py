@@ -19,10 +19,11 @@ user's state from the event log with ``ts <= at`` — exact by construction.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
 
@@ -39,6 +40,7 @@ from portrait.store.base import Checkpoint, Commit, Store
 from portrait.timeutil import format_us
 
 DEFAULT_BATCH_SIZE = 2_000_000
+T = TypeVar("T")
 
 
 @dataclass
@@ -92,24 +94,52 @@ class Engine:
         self.watermark: int | None = meta.watermark
         self._states: pl.DataFrame | None = None
         self._overlay = self.agg.empty()
+        self._run: tuple[str, bool] | None = None
         self._spec_saved = meta.spec_text is not None
 
     # -- ingest ----------------------------------------------------------
     def ingest(
         self, paths: Iterable[str | os.PathLike[str]], *, progress: ProgressFn | None = None
     ) -> IngestSummary:
-        """Ingest files (JSONL, CSV, Parquet); resumes a file a crash interrupted."""
+        """Ingest files (JSONL, CSV, Parquet); re-running after a crash resumes.
+
+        A command is identified by the fingerprints of its files, in order.
+        If the same command was interrupted, files it finished are not read
+        again (their counts are reused) and the file it was in resumes after
+        its last committed batch, so the summary equals an uninterrupted
+        run's. Otherwise every file is read from the start (events already
+        ingested count as duplicates).
+        """
+        files = [(str(p), source_fingerprint(p)) for p in paths]
+        run_key = hashlib.sha256("\n".join(fp for _, fp in files).encode()).hexdigest()
+        resuming = self.store.run_finished(run_key) is False
+        self._run = (run_key, False)
         summary = IngestSummary(watermark=self.watermark)
-        for path in paths:
-            self._ingest_file(str(path), summary, progress)
+        for path, fp in files:
+            self._ingest_file(path, fp, resuming, summary, progress)
+        self._apply(_no_events(), [])
+        self._run = (run_key, True)
+        self._commit_pending(None)
+        self._run = None
         summary.watermark = self.watermark
         return summary
 
-    def _ingest_file(self, path: str, summary: IngestSummary, progress: ProgressFn | None) -> None:
-        fp = source_fingerprint(path)
+    def _ingest_file(
+        self,
+        path: str,
+        fp: str,
+        resuming: bool,
+        summary: IngestSummary,
+        progress: ProgressFn | None,
+    ) -> None:
         cp = self.store.checkpoint(fp)
-        if cp is None or cp.complete:
+        if cp is not None and cp.complete and resuming:
+            pass  # finished by the interrupted run of this same command
+        elif cp is None or cp.complete:
             cp = Checkpoint(fp, path, 0, 0, 0, 0, complete=False)
+        if cp.complete:
+            self._tally(summary, path, cp)
+            return
         batches = read_events(path, batch_size=self.batch_size, skip_rows=cp.rows_done)
         pending = next(batches, None)
         if pending is None:  # empty file, or nothing left after a resume
@@ -131,6 +161,10 @@ class Engine:
             self._commit_pending(cp)
             if progress is not None:
                 progress(path, batch.rows_end, summary)
+        self._tally(summary, path, cp)
+
+    @staticmethod
+    def _tally(summary: IngestSummary, path: str, cp: Checkpoint) -> None:
         summary.accepted += cp.accepted
         summary.rejected += cp.rejected
         summary.duplicates += cp.duplicates
@@ -212,6 +246,7 @@ class Engine:
     def _commit_pending(self, checkpoint: Checkpoint | None) -> None:
         pending = self._pending
         pending.checkpoint = checkpoint
+        pending.run = self._run
         self.store.commit(pending)
         self._spec_saved = True
         if pending.states.height and self._states is not None:
@@ -251,8 +286,22 @@ class Engine:
         exprs = [to_polars(seg.rule).alias(name) for name, seg in self.spec.segments.items()]
         return values.select(USER, *exprs)
 
+    def _consistent(self, read: Callable[[], T]) -> T:
+        """Run ``read`` on one committed state of the store (retry if compaction raced)."""
+        for attempt in range(5):
+            try:
+                with self.store.pinned():
+                    return read()
+            except FileNotFoundError:
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
     def profile(self, user_id: str, at: int | None = None) -> dict[str, Any]:
         """The profile JSON (DESIGN.md contract) of one user as of ``at``."""
+        return self._consistent(lambda: self._profile(user_id, at))
+
+    def _profile(self, user_id: str, at: int | None) -> dict[str, Any]:
         values = self.read_at(at, [user_id])
         if values.height == 0:
             raise UnknownUserError(f"unknown user {user_id!r}")
@@ -265,6 +314,9 @@ class Engine:
 
     def segment_members(self, name: str, at: int | None = None) -> list[str]:
         """Users in segment ``name`` as of ``at`` (sorted)."""
+        return self._consistent(lambda: self._segment_members(name, at))
+
+    def _segment_members(self, name: str, at: int | None) -> list[str]:
         if name not in self.spec.segments:
             known = ", ".join(self.spec.segments) or "none"
             raise UnknownSegmentError(f"unknown segment {name!r} (defined: {known})")

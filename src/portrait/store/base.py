@@ -18,6 +18,7 @@ a reader sees either all of a batch or none of it.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -60,6 +61,7 @@ class Commit:
     checkpoint: Checkpoint | None = None
     duplicates: int = 0
     new_users: int = 0
+    run: tuple[str, bool] | None = None  # (run key, finished) of the ingest command
     spec_text: str | None = None
 
 
@@ -89,5 +91,13 @@ class Store(Protocol):
     def dead_letters(self, limit: int | None = None) -> list[dict[str, object]]: ...
 
     def checkpoint(self, fingerprint: str) -> Checkpoint | None: ...
+
+    def run_finished(self, run_key: str) -> bool | None:
+        """Whether the ingest command ``run_key`` finished (None: never seen)."""
+        ...
+
+    def pinned(self) -> contextlib.AbstractContextManager[None]:
+        """Reads inside see one committed state of the store."""
+        ...
 
     def close(self) -> None: ...

@@ -82,6 +82,10 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     UNIQUE (fingerprint, line)
 );
 CREATE INDEX IF NOT EXISTS dead_letters_user ON dead_letters (user_id);
+CREATE TABLE IF NOT EXISTS runs (
+    run_key TEXT PRIMARY KEY,
+    finished INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS checkpoints (
     fingerprint TEXT PRIMARY KEY,
     path TEXT NOT NULL,
@@ -110,6 +114,7 @@ class EmbeddedStore:
         self.writer = writer
         self._lock_fd: int | None = None
         self._seen: SeenSet | None = None
+        self._pinned = False
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="portrait-write")
         if writer:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -158,10 +163,33 @@ class EmbeddedStore:
     # -- manifest --------------------------------------------------------
     @contextlib.contextmanager
     def _read_txn(self) -> Iterator[sqlite3.Connection]:
+        if self._pinned:  # already inside one read transaction
+            yield self.db
+            return
         self.db.execute("BEGIN")
         try:
             yield self.db
         finally:
+            self.db.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def pinned(self) -> Iterator[None]:
+        """Every read inside sees the same committed batch (one SQLite snapshot).
+
+        Parquet files are immutable, so the snapshot's manifest names files
+        that stay valid; if compaction deletes one meanwhile, the read raises
+        ``FileNotFoundError`` and the caller retries with a fresh snapshot.
+        """
+        if self._pinned:
+            yield
+            return
+        self.db.execute("BEGIN")
+        self.db.execute("SELECT 1 FROM meta LIMIT 1").fetchall()  # start the snapshot now
+        self._pinned = True
+        try:
+            yield
+        finally:
+            self._pinned = False
             self.db.execute("COMMIT")
 
     def _files(self, kind: str) -> list[tuple[int, str]]:
@@ -178,7 +206,7 @@ class EmbeddedStore:
             try:
                 return build(files)  # type: ignore[no-any-return]
             except FileNotFoundError:
-                if attempt == 4:
+                if attempt == 4 or self._pinned:
                     raise
                 time.sleep(0.05)
         raise AssertionError("unreachable")
@@ -274,6 +302,10 @@ class EmbeddedStore:
             for s, ln, r, raw, b, u in rows
         ]
 
+    def run_finished(self, run_key: str) -> bool | None:
+        row = self.db.execute("SELECT finished FROM runs WHERE run_key = ?", (run_key,)).fetchone()
+        return None if row is None else bool(row[0])
+
     def checkpoint(self, fingerprint: str) -> Checkpoint | None:
         row = self.db.execute(
             "SELECT fingerprint, path, rows_done, accepted, rejected, duplicates, complete "
@@ -334,6 +366,7 @@ class EmbeddedStore:
             # re-ingesting the file does not repeat them; records that came
             # without a file (API, streams) are all kept.
             fp = commit.checkpoint.fingerprint if commit.checkpoint else f"batch:{seq}:"
+            before = db.total_changes
             db.executemany(
                 "INSERT OR IGNORE INTO dead_letters "
                 "(batch, source, fingerprint, line, reason, raw, user_id) "
@@ -351,6 +384,10 @@ class EmbeddedStore:
                     for d in commit.dead_letters
                 ],
             )
+            kept = db.total_changes - before  # re-read rejects are not new
+            if commit.run is not None:
+                db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?)",
+                           (commit.run[0], int(commit.run[1])))
             if commit.checkpoint is not None:
                 c = commit.checkpoint
                 db.execute(
@@ -365,7 +402,7 @@ class EmbeddedStore:
                         int(c.complete),
                     ),
                 )
-            self._bump(db, commit)
+            self._bump(db, commit, kept)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -374,13 +411,13 @@ class EmbeddedStore:
             self._seen.add(commit.events["event_id"])
         self._maybe_compact()
 
-    def _bump(self, db: sqlite3.Connection, commit: Commit) -> None:
+    def _bump(self, db: sqlite3.Connection, commit: Commit, rejected: int) -> None:
         def add(key: str, n: int) -> None:
             cur = self._get_meta(key) or 0
             db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(cur + n)))
 
         add("accepted", commit.events.height)
-        add("rejected", len(commit.dead_letters))
+        add("rejected", rejected)
         add("duplicates", commit.duplicates)
         add("users", commit.new_users)
         if commit.watermark is not None:
