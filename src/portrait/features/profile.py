@@ -86,7 +86,8 @@ class ProfileAggregator:
             return self.empty()
         ref = int(events["ts"].max())  # type: ignore[arg-type]
         wm = ref if watermark is None else max(watermark, ref)
-        if any(isinstance(a, FirstLast) and a.trivial_mask for a in self.aggs):
+        presorted = any(isinstance(a, FirstLast) for a in self.aggs)
+        if presorted:
             events = events.sort(["ts", "event_id"])
         keyed = self._keyed_groups()
         keyed_ids = {id(a) for group in keyed.values() for a in group}
@@ -99,7 +100,9 @@ class ProfileAggregator:
                 frames.append(agg.partial_at(events, wm))
                 continue
             fused = agg.fused_partial(ref, wm)
-            if fused is None:
+            if fused is None and isinstance(agg, FirstLast):
+                frames.append(agg.partial_sorted(events))  # batch sorted above
+            elif fused is None:
                 frames.append(agg.partial(events))
             else:
                 exprs.extend(fused)

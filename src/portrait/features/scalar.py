@@ -182,6 +182,13 @@ class FirstLast(Aggregator):
         """Vectorised: filter, one sort by (ts, event_id), first row per user."""
         return self.combine(self.lift(self.select_events(events)))
 
+    def partial_sorted(self, events: pl.DataFrame) -> pl.DataFrame:
+        """Like ``partial`` on a batch already sorted by (ts, event_id): no sort."""
+        picked = self.lift(self.select_events(events)).unique(
+            USER, keep="last" if self.is_last else "first", maintain_order=True
+        )
+        return picked
+
     def fused_partial(self, ref: int, watermark: int) -> list[pl.Expr] | None:
         """On a batch pre-sorted by (ts, event_id), only when the mask is trivial."""
         if not self.trivial_mask:

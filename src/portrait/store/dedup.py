@@ -61,6 +61,9 @@ class SeenSet:
         a1, a2 = _hashes(ids)
         order = np.argsort(a1)
         a1, a2 = a1[order], a2[order]
+        if self.h1.size == 0:
+            self.h1, self.h2 = a1, a2
+            return
         pos = np.searchsorted(self.h1, a1)
         self.h1 = np.insert(self.h1, pos, a1)
         self.h2 = np.insert(self.h2, pos, a2)
