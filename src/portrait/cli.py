@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from portrait.errors import PortraitError, SourceError
+from portrait.errors import PortraitError, SourceError, StoreError
 from portrait.timeutil import parse_time_arg
 
 app = typer.Typer(
@@ -46,6 +46,8 @@ def _open_engine(db: Path, spec: Path | None = None, *, writer: bool = False) ->
     from portrait.store import open_store
 
     spec_obj = load_spec(spec) if spec is not None else None  # validated before any event
+    if writer and spec_obj is None and not (db / "portrait.sqlite").exists():
+        raise StoreError(f"{str(db)!r} is a new database: pass --spec on the first ingest")
     store = open_store(db, writer=writer)
     return Engine(spec_obj, store)
 
