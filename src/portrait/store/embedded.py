@@ -52,6 +52,7 @@ MAX_STATE_FILES = 8
 MAX_SMALL_LOG_FILES = 16
 SMALL_LOG_ROWS = 2_000_000
 ROW_GROUP = 16_384
+STATE_ROW_GROUP = 2_048
 
 _SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -320,7 +321,10 @@ class EmbeddedStore:
     def _write_parquet(self, frame: pl.DataFrame, name: str) -> None:
         final = self.root / name
         tmp = final.with_name(final.name + ".tmp")
-        frame.write_parquet(tmp, compression="lz4", row_group_size=ROW_GROUP, statistics=True)
+        # State files are sorted by user and read one user at a time: small
+        # row groups make a point read touch ~2k rows (measured 22 -> 5.5 ms).
+        rows = STATE_ROW_GROUP if name.startswith("state/") else ROW_GROUP
+        frame.write_parquet(tmp, compression="lz4", row_group_size=rows, statistics=True)
         _fsync_path(tmp)
         tmp.rename(final)
 
