@@ -361,7 +361,9 @@ def record(result: dict[str, Any]) -> None:
     end = start + 1
     while end < len(lines) and not lines[end].startswith("## "):
         end += 1
-    last_row = max((i for i in range(start, end) if lines[i].startswith("|")), default=end - 1)
+    dated = [i for i in range(start, end) if lines[i].startswith("| 20")]  # "| 2026-..."
+    table = [i for i in range(start, end) if lines[i].startswith("|")]
+    last_row = max(dated or table, default=end - 1)
     lines.insert(last_row + 1, row)
     BENCHMARKS_MD.write_text("".join(lines), encoding="utf-8")
 
