@@ -19,10 +19,11 @@ user's state from the event log with ``ts <= at`` — exact by construction.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import polars as pl
@@ -51,7 +52,6 @@ class IngestSummary:
     rejected: int = 0
     duplicates: int = 0
     watermark: int | None = None
-    files: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -138,7 +138,7 @@ class Engine:
         elif cp is None or cp.complete:
             cp = Checkpoint(fp, path, 0, 0, 0, 0, complete=False)
         if cp.complete:
-            self._tally(summary, path, cp)
+            self._tally(summary, cp)
             return
         batches = read_events(path, batch_size=self.batch_size, skip_rows=cp.rows_done)
         pending = next(batches, None)
@@ -161,21 +161,13 @@ class Engine:
             self._commit_pending(cp)
             if progress is not None:
                 progress(path, batch.rows_end, summary)
-        self._tally(summary, path, cp)
+        self._tally(summary, cp)
 
     @staticmethod
-    def _tally(summary: IngestSummary, path: str, cp: Checkpoint) -> None:
+    def _tally(summary: IngestSummary, cp: Checkpoint) -> None:
         summary.accepted += cp.accepted
         summary.rejected += cp.rejected
         summary.duplicates += cp.duplicates
-        summary.files.append(
-            {
-                "path": path,
-                "accepted": cp.accepted,
-                "rejected": cp.rejected,
-                "duplicates": cp.duplicates,
-            }
-        )
 
     def ingest_events(
         self, events: pl.DataFrame, rejects: Sequence[DeadLetter] = ()
@@ -332,20 +324,7 @@ def _no_events() -> pl.DataFrame:
 
 
 def _spec_key(spec: Spec) -> tuple[Any, ...]:
-    feats = tuple((n, _strip_line(f)) for n, f in spec.features.items())
+    """What a spec means, without where it was written (lines, comments)."""
+    feats = tuple((n, dataclasses.replace(f, line=0)) for n, f in spec.features.items())
     segs = tuple((n, s.text) for n, s in spec.segments.items())
     return feats, segs
-
-
-def _strip_line(f: Any) -> tuple[Any, ...]:
-    return (
-        f.kind,
-        f.field,
-        f.key,
-        f.where,
-        f.window_us,
-        f.half_life_us,
-        f.weights,
-        f.default_weight,
-        f.k,
-    )

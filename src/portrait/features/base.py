@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from portrait.events.schema import NUMERIC_FIELDS
+
 if TYPE_CHECKING:
     from portrait.spec.model import FeatureSpec
 
@@ -37,7 +39,7 @@ def where_mask(spec: FeatureSpec) -> pl.Expr:
     return mask
 
 
-NUMERIC_WHERE_FIELDS = ("price", "quantity", "rating", "lat", "lon", "ts")
+NUMERIC_WHERE_FIELDS = (*NUMERIC_FIELDS, "ts")
 
 
 def _as_number(text: str) -> float | None:
@@ -103,20 +105,16 @@ class Aggregator(ABC):
         """The events this feature counts: ``where`` applied, null inputs dropped."""
         return events.filter(self.mask())
 
-    # Fused fast paths. ``ProfileAggregator`` runs the expressions of every
-    # feature in ONE group-by per frame instead of one group-by and one join
-    # per feature. They must give the same states as ``partial``/``combine``
-    # (the property tests compare both against the reference).
+    # Fast paths. ``ProfileAggregator`` runs ``fused_partial`` of every feature
+    # in ONE group-by per batch and ``pair_merge`` in one aligned join. They
+    # must give the same states as ``partial``/``combine`` (the property tests
+    # compare both against the reference).
     def fused_partial(self, ref: int, watermark: int) -> list[pl.Expr] | None:
         """Aggregations over a batch grouped by user, or None (no fused path).
 
         ``ref`` is a reference time for decayed values (the batch's latest
         time); ``watermark`` the watermark after the batch (for windows).
         """
-        return None
-
-    def fused_combine(self, watermark: int) -> list[pl.Expr] | None:
-        """Aggregations merging state rows grouped by user, or None."""
         return None
 
     def pair_merge(self, watermark: int) -> list[pl.Expr] | None:

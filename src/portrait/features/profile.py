@@ -119,27 +119,6 @@ class ProfileAggregator:
             out = agg.finish(out)
         return out
 
-    def merge(self, *states: pl.DataFrame, watermark: int | None = None) -> pl.DataFrame:
-        """Merge state frames (rows of the same user are combined).
-
-        With ``watermark``, window entries at or before ``watermark - window``
-        are dropped on the way (the engine always passes it).
-        """
-        both = pl.concat([self.conform(s) for s in states])
-        exprs: list[pl.Expr] = []
-        parts: list[pl.DataFrame] = []
-        for agg in self.aggs:
-            fused = agg.fused_combine(0)
-            if fused is not None:
-                exprs.extend(fused)
-                continue
-            part = agg.combine(both.select(USER, *agg.state_schema))
-            if watermark is not None and isinstance(agg, Windowed):
-                part = agg.prune(part, watermark)
-            parts.append(part)
-        base = both.group_by(USER).agg(exprs) if exprs else both.select(USER).unique()
-        return self._join(parts, base)
-
     def merge_into(
         self, old_states: pl.DataFrame, new: pl.DataFrame, watermark: int
     ) -> pl.DataFrame:

@@ -15,8 +15,7 @@ from portrait.features.base import USER, Aggregator, old
 
 def _field_dtype(field: str | None) -> pl.DataType:
     assert field is not None
-    dtype = EVENT_SCHEMA[field]
-    return pl.Int64() if dtype == pl.Int64() else dtype
+    return EVENT_SCHEMA[field]
 
 
 class Count(Aggregator):
@@ -36,9 +35,6 @@ class Count(Aggregator):
 
     def fused_partial(self, ref: int, watermark: int) -> list[pl.Expr]:
         return [self.mask().sum().cast(pl.Int64).alias(self.col("n"))]
-
-    def fused_combine(self, watermark: int) -> list[pl.Expr]:
-        return [pl.col(self.col("n")).sum()]
 
     def pair_merge(self, watermark: int) -> list[pl.Expr]:
         n = self.col("n")
@@ -66,9 +62,6 @@ class Sum(Aggregator):
         dt = self.parts["s"]
         value = pl.col(self.fname).cast(dt).filter(self.mask())
         return [value.sum().alias(self.col("s"))]
-
-    def fused_combine(self, watermark: int) -> list[pl.Expr]:
-        return [pl.col(self.col("s")).sum()]
 
     def pair_merge(self, watermark: int) -> list[pl.Expr]:
         c = self.col("s")
@@ -100,9 +93,6 @@ class Avg(Aggregator):
             m.sum().cast(pl.Int64).alias(self.col("n")),
         ]
 
-    def fused_combine(self, watermark: int) -> list[pl.Expr]:
-        return [pl.col(self.col("s")).sum(), pl.col(self.col("n")).sum()]
-
     def pair_merge(self, watermark: int) -> list[pl.Expr]:
         s, n = self.col("s"), self.col("n")
         return [
@@ -129,15 +119,12 @@ class Extremum(Aggregator):
         return events.select(USER, pl.col(self.fname).cast(dt).alias(self.col("m")))
 
     def combine(self, states: pl.DataFrame) -> pl.DataFrame:
-        return states.group_by(USER).agg(self.fused_combine(0))
+        c = pl.col(self.col("m"))
+        return states.group_by(USER).agg(c.max() if self.is_max else c.min())
 
     def fused_partial(self, ref: int, watermark: int) -> list[pl.Expr]:
         v = pl.col(self.fname).cast(self.parts["m"]).filter(self.mask())
         return [(v.max() if self.is_max else v.min()).alias(self.col("m"))]
-
-    def fused_combine(self, watermark: int) -> list[pl.Expr]:
-        c = pl.col(self.col("m"))
-        return [c.max() if self.is_max else c.min()]
 
     def pair_merge(self, watermark: int) -> list[pl.Expr]:
         m = self.col("m")

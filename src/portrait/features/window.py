@@ -39,7 +39,7 @@ class Windowed(Aggregator):
 
     def partial(self, events: pl.DataFrame) -> pl.DataFrame:
         sel = self.select_events(events)
-        return sel.group_by(USER).agg(pl.struct(self.entry_cols).sort_by("ts").alias(self.col("e")))
+        return sel.group_by(USER).agg(pl.struct(self.entry_cols).alias(self.col("e")))
 
     def partial_at(self, events: pl.DataFrame, watermark: int) -> pl.DataFrame:
         """The batch's entries still inside the window at ``watermark``."""

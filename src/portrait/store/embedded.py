@@ -163,17 +163,6 @@ class EmbeddedStore:
 
     # -- manifest --------------------------------------------------------
     @contextlib.contextmanager
-    def _read_txn(self) -> Iterator[sqlite3.Connection]:
-        if self._pinned:  # already inside one read transaction
-            yield self.db
-            return
-        self.db.execute("BEGIN")
-        try:
-            yield self.db
-        finally:
-            self.db.execute("COMMIT")
-
-    @contextlib.contextmanager
     def pinned(self) -> Iterator[None]:
         """Every read inside sees the same committed batch (one SQLite snapshot).
 
@@ -202,7 +191,7 @@ class EmbeddedStore:
     def _scan_retry(self, kind: str, build: Any) -> pl.DataFrame:
         """Run ``build(files)`` on the current manifest; retry if compaction raced us."""
         for attempt in range(5):
-            with self._read_txn():
+            with self.pinned():
                 files = self._files(kind)
             try:
                 return build(files)  # type: ignore[no-any-return]
@@ -218,7 +207,7 @@ class EmbeddedStore:
         return None if row is None else json.loads(row[0])
 
     def meta(self) -> StoreMeta:
-        with self._read_txn():
+        with self.pinned():
             return StoreMeta(
                 spec_text=self._get_meta("spec_text"),
                 watermark=self._get_meta("watermark"),
@@ -440,12 +429,12 @@ class EmbeddedStore:
         if len(state_files) > MAX_STATE_FILES:
             merged = self.states()
             self._replace("state", state_files, merged.sort(USER))
-        log_files = self._files("log")
-        small = [
-            (seq, name)
-            for seq, name in log_files
-            if pl.scan_parquet(self.root / name).select(pl.len()).collect().item() < SMALL_LOG_ROWS
-        ]
+        # Row counts come from the manifest: no file is opened per commit.
+        rows = self.db.execute(
+            "SELECT seq, name FROM files WHERE kind = 'log' AND rows < ? ORDER BY seq",
+            (SMALL_LOG_ROWS,),
+        ).fetchall()
+        small = [(int(seq), str(name)) for seq, name in rows]
         if len(small) > MAX_SMALL_LOG_FILES:
             frame = pl.read_parquet([self.root / n for _, n in small])
             self._replace("log", small, frame)
