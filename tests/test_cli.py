@@ -410,7 +410,7 @@ def test_error_message_prints_brackets_verbatim(tmp_path: Path) -> None:
 
 def test_demo_runs_and_prints_profiles(tmp_path: Path) -> None:
     db = tmp_path / "demo"
-    proc = cli("demo", "--db", db)
+    proc = cli("demo", "--sample", "--db", db)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     for text in ("u001", "events_total", "spend_total", "big_spender", "dead letters"):

@@ -370,7 +370,11 @@ class Killer:
         if left <= 2 or self.rng.random() < self.startup_share:
             return ("after start", round(self.rng.uniform(0.05, 1.0), 3))
         gap = max(1, min(2 * left // (wanted + 1) - 1, left - 2))
-        return ("after commits", self.rng.randint(1, gap), round(self.rng.uniform(0.0, 0.2), 3))
+        # A batch commits every ~50-100 ms here: when the batches left are few per kill
+        # wanted, a long delay after the target commit would eat the ones the later kills
+        # need (a command that ends early takes its unplanned kills with it).
+        delay = 0.2 if left > 3 * wanted else 0.02
+        return ("after commits", self.rng.randint(1, gap), round(self.rng.uniform(0.0, delay), 3))
 
     def _kill_at(self, proc: subprocess.Popen[str], db: Path, plan: tuple[Any, ...]) -> bool:
         """Kill ``proc`` at ``plan``; False if it exited by itself first."""
@@ -470,7 +474,7 @@ def test_random_kills_equal_an_uninterrupted_run(tmp_path: Path) -> None:
     history = list(gen.made)
     gen.users += [f"n{i:03d}" for i in range(50)]
     cmd2 = [data / "d.jsonl.gz"]  # 30% late: before the first command's watermark
-    rows2 = [write_jsonl(cmd2[0], gen.stream(4000, 40, 66, old=history), rng)]
+    rows2 = [write_jsonl(cmd2[0], gen.stream(6000, 40, 66, old=history), rng)]
     # Parquet row groups of 4 batches: a resume starts inside a row group. (A batch that
     # spans two row groups hits another bug, pinned in test_bad_inputs_e2e.py.)
     batch = 300
@@ -564,14 +568,14 @@ _CRASH_BEFORE_COMMIT = """
 import os, signal, sys
 import portrait.store.embedded as emb
 from portrait import cli
-real, seen = emb._fsync_path, []
+real, seen = emb.fsync_path, []
 def fsync_then_die(path):
     real(path)
     if path.name == "state":  # both Parquet files of this batch are in place
         seen.append(path)
         if len(seen) == int(os.environ["DIE_AT_BATCH"]):
             os.kill(os.getpid(), signal.SIGKILL)
-emb._fsync_path = fsync_then_die
+emb.fsync_path = fsync_then_die
 sys.argv = ["portrait", *sys.argv[1:]]
 cli.main()
 """

@@ -167,15 +167,51 @@ def segment(
 
 @app.command()
 def demo(
-    db: Annotated[Path, typer.Option(help=DB_HELP)] = Path("portrait-data/demo"),
+    db: Annotated[Path | None, typer.Option(help=DB_HELP)] = None,
+    sample: Annotated[bool, typer.Option("--sample", help="the small toy shop instead")] = False,
+    out: Annotated[Path, typer.Option(help="report directory")] = Path("portrait-report"),
+    cache_dir: Annotated[Path | None, typer.Option(help="dataset cache")] = None,
 ) -> None:
-    """Ingest the sample shipped with portrait and show a few profiles."""
-    from portrait.demo import run_demo
+    """The main job: MovieLens-1M through the engine, profiles, quick evaluation."""
+    from portrait.demo import run_demo, run_movielens_demo
 
     try:
-        run_demo(db)
+        if sample:
+            run_demo(db or Path("portrait-data/demo"))
+        else:
+            run_movielens_demo(db or Path("portrait-data/movielens"), out, cache=cache_dir)
     except PortraitError as exc:
         _fail(exc)
+
+
+@app.command("eval")
+def evaluate(
+    dataset: Annotated[str, typer.Option(help="movielens-1m or cdnow")],
+    out: Annotated[Path, typer.Option(help="report directory")],
+    quick: Annotated[bool, typer.Option("--quick", help="3 cuts, fewer bootstrap draws")] = False,
+    cache_dir: Annotated[Path | None, typer.Option(help="dataset cache")] = None,
+) -> None:
+    """Replay evaluation: writes report.json, report.md and plots to --out."""
+    from portrait.eval.run import run_eval
+
+    try:
+        report = run_eval(dataset, out, quick=quick, cache=cache_dir,
+                          progress=lambda m: err.print(m, highlight=False))
+    except PortraitError as exc:
+        _fail(exc)
+    for v in report["verdicts"]:
+        err.print(f"{v['task']} / {v['metric']}: {v['text']}", highlight=False)
+    _emit({"report": str(out / "report.md"), "json": str(out / "report.json"),
+           "verdicts": report["verdicts"]})
+
+
+def _mount_datasets() -> None:
+    from portrait.datasets.cli import app as datasets_app
+
+    app.add_typer(datasets_app, name="datasets", help="real public datasets (pip packages)")
+
+
+_mount_datasets()
 
 
 def main() -> None:

@@ -79,3 +79,16 @@ class UsageError(PortraitError):
 def http_status(exc: BaseException) -> int:
     """The HTTP status code for ``exc`` (500 for anything unexpected)."""
     return exc.http_status if isinstance(exc, PortraitError) else 500
+
+
+class DatasetError(PortraitError):
+    """A public dataset could not be fetched, verified or converted (``portrait.datasets``)."""
+
+    http_status = 502
+    exit_code = 2
+
+
+class UnknownDatasetError(DatasetError):
+    """A dataset name that ``portrait.datasets.DATASETS`` does not list."""
+
+    http_status = 404
