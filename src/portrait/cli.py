@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from portrait.errors import PortraitError, SourceError, StoreError
-from portrait.timeutil import parse_time_arg
+from portrait.errors import PortraitError, SourceError, StoreError, UnknownSegmentError
+from portrait.timeutil import format_us, parse_time_arg
 
 app = typer.Typer(
     add_completion=False,
@@ -155,14 +155,130 @@ def segment(
     name: Annotated[str, typer.Argument(help="segment name from the spec")],
     db: Annotated[Path, typer.Option(help=DB_HELP)] = DEFAULT_DB,
     at: Annotated[str | None, typer.Option(help="as of this time")] = None,
+    changes: Annotated[
+        bool, typer.Option("--changes", help="the entry/exit log instead (JSON lines)")
+    ] = False,
+    user: Annotated[str | None, typer.Option(help="with --changes: only this user")] = None,
 ) -> None:
-    """Members of a segment, one user id per line."""
+    """Members of a segment, one user id per line (or its change log with --changes)."""
     try:
+        engine = _open_engine(db)
+        if changes:
+            if name not in engine.spec.segments:
+                known = ", ".join(engine.spec.segments) or "none"
+                raise UnknownSegmentError(f"unknown segment {name!r} (defined: {known})")
+            log = engine.store.segment_changes(user_id=user, segment=name)
+            for row in log.iter_rows(named=True):
+                row["ts"] = format_us(row["ts"])
+                sys.stdout.write(orjson.dumps(row).decode() + "\n")
+            return
         at_us = parse_time_arg(at) if at is not None else None
-        members = _open_engine(db).segment_members(name, at_us)
+        members = engine.segment_members(name, at_us)
     except PortraitError as exc:
         _fail(exc)
     sys.stdout.write("".join(f"{m}\n" for m in members))
+
+
+@app.command()
+def explain(
+    user_id: Annotated[str, typer.Argument(help="user id")],
+    target: Annotated[str, typer.Argument(help="feature, feature['key'] or segment name")],
+    *,
+    at: Annotated[str | None, typer.Option(help="as of this time (RFC 3339 or epoch)")] = None,
+    top: Annotated[int, typer.Option(min=1, help="top contributing events to list")] = 10,
+    db: Annotated[Path, typer.Option(help=DB_HELP)] = DEFAULT_DB,
+    json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
+) -> None:
+    """The events that drove a feature value, or why a user is (not) in a segment."""
+    from portrait.models.explain import explain as explain_target
+
+    try:
+        at_us = parse_time_arg(at) if at is not None else None
+        result = explain_target(_open_engine(db), user_id, target, at=at_us, top=top)
+    except PortraitError as exc:
+        _fail(exc)
+    if json:
+        _emit(result)
+        return
+    console = Console()
+    if result["target_type"] == "segment":
+        verdict = "member" if result["member"] else "not a member"
+        console.print(f"{user_id}: {verdict} of {target} ({result['rule']}) as of "
+                      f"{result['as_of']}", markup=False, highlight=False)
+        cond = Table()
+        for col in ("condition", "left", "right", "holds"):
+            cond.add_column(col)
+        for c in result["conditions"]:
+            cond.add_row(*(str(c[k]) for k in ("condition", "left", "right", "holds")))
+        console.print(cond)
+        for part in result["features"].values():
+            console.print(_contributions_table(user_id, result["as_of"], part))
+        return
+    console.print(_contributions_table(user_id, result["as_of"], result))
+
+
+def _contributions_table(user_id: str, as_of: str, part: dict[str, Any]) -> Table:
+    name = part["feature"] if part["key"] is None else f"{part['feature']}[{part['key']!r}]"
+    value = part["value"]
+    shown = orjson.dumps(value).decode() if isinstance(value, dict) else str(value)
+    table = Table(title=f"{user_id}: {name} = {shown} as of {as_of} ({part['events']} events)")
+    cols = ("ts", "event_id", "type", "item_id", "category", "contribution", "share")
+    for col in cols:
+        table.add_column(col)
+    for row in part["contributions"]:
+        share = row["share"]
+        table.add_row(*(str(row[c]) for c in cols[:-1]),
+                      "-" if share is None else f"{share:.1%}")
+    return table
+
+
+@app.command()
+def drift(
+    db: Annotated[Path, typer.Option(help=DB_HELP)] = DEFAULT_DB,
+    ref: Annotated[str | None, typer.Option(help="reference time (default: at - 30 days)")] = None,
+    at: Annotated[str | None, typer.Option(help="current time (default: the watermark)")] = None,
+    top: Annotated[int, typer.Option(min=1, help="users with the largest interest shift")] = 10,
+    json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
+) -> None:
+    """Population drift (PSI per feature), interest shifts and bot-like bursts."""
+    from portrait.models.drift import DAY_US, drift_report
+
+    try:
+        engine = _open_engine(db)
+        wm = engine.store.meta().watermark
+        if wm is None and at is None:
+            raise StoreError(f"{str(db)!r} has no events yet")
+        at_us = parse_time_arg(at) if at is not None else wm
+        ref_us = parse_time_arg(ref) if ref is not None else at_us - 30 * DAY_US
+        report = drift_report(engine, ref_us, at_us, top=top)
+    except PortraitError as exc:
+        _fail(exc)
+    if json:
+        _emit(report)
+        return
+    console = Console()
+    psi = Table(title=f"population drift: {report['ref']} -> {report['at']}")
+    for col in ("feature", "psi", "level"):
+        psi.add_column(col)
+    for row in report["population"]:
+        value = "-" if row["psi"] is None else f"{row['psi']:.4f}"
+        psi.add_row(row["feature"], value, row["level"])
+    console.print(psi)
+    shift = Table(title="largest interest shifts (Jensen-Shannon, 7d vs 90d half-life)")
+    for col in ("user_id", "interest_shift", "short_top", "long_top"):
+        shift.add_column(col)
+    for row in report["interest_shift"]:
+        shift.add_row(row["user_id"], f"{row['interest_shift']:.4f}", str(row["short_top"]),
+                      str(row["long_top"]))
+    console.print(shift)
+    rule = report["burst_rule"]
+    bursts = Table(title=f"bursts (> {rule['threshold']} events in {rule['window_s']:g} s, "
+                         "or a robust outlier)")
+    bursts.add_column("user_id")
+    bursts.add_column("max_events_per_window")
+    for row in report["bursts"]:
+        bursts.add_row(row["user_id"], str(row["max_events_per_window"]))
+    console.print(bursts)
 
 
 @app.command()

@@ -92,3 +92,14 @@ class UnknownDatasetError(DatasetError):
     """A dataset name that ``portrait.datasets.DATASETS`` does not list."""
 
     http_status = 404
+
+
+class UnknownFeatureError(PortraitError):
+    """A feature name that the spec does not define."""
+
+    http_status = 404
+    exit_code = 1
+
+
+class UnknownTargetError(UnknownFeatureError, UnknownSegmentError):
+    """An ``explain`` target that is neither a feature nor a segment of the spec."""

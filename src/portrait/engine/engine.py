@@ -96,6 +96,7 @@ class Engine:
         self._overlay = self.agg.empty()
         self._run: tuple[str, bool] | None = None
         self._spec_saved = meta.spec_text is not None
+        self._members: pl.DataFrame | None = None  # writer cache of store.memberships()
 
     # -- ingest ----------------------------------------------------------
     def ingest(
@@ -117,7 +118,7 @@ class Engine:
         summary = IngestSummary(watermark=self.watermark)
         for path, fp in files:
             self._ingest_file(path, fp, resuming, summary, progress)
-        self._apply(_no_events(), [])
+        self._apply(_no_events(), [], refresh_segments=True)
         self._run = (run_key, True)
         self._commit_pending(None)
         self._run = None
@@ -204,8 +205,15 @@ class Engine:
         base = self._states.join(rest, on=USER, how="semi")
         return pl.concat([base, recent]) if recent.height else base
 
-    def _apply(self, events: pl.DataFrame, rejects: list[DeadLetter]) -> tuple[int, int]:
-        """Dedup + aggregate one batch; the result waits in ``_pending`` for commit."""
+    def _apply(
+        self, events: pl.DataFrame, rejects: list[DeadLetter], *, refresh_segments: bool = False
+    ) -> tuple[int, int]:
+        """Dedup + aggregate one batch; the result waits in ``_pending`` for commit.
+
+        ``refresh_segments``: re-evaluate every user's segments at the watermark
+        (the end of an ingest command: decay and windows move members out
+        without any new event of theirs).
+        """
         if events.height:
             first = events["event_id"].is_first_distinct()
             fresh = first & ~self.store.seen(events["event_id"])
@@ -224,6 +232,12 @@ class Engine:
             merged = self.agg.merge_into(old, partial, self.watermark)
             merged = self.agg.prune(merged, self.watermark)
             new_users = partial.height - old.height
+        changes = None
+        if self.spec.segments and self.watermark is not None:
+            if refresh_segments:
+                changes = self._segment_changes(self._load_states(), None, refresh=True)
+            elif merged.height:
+                changes = self._segment_changes(merged, new, refresh=False)
         self._pending = Commit(
             events=new,
             states=merged,
@@ -232,8 +246,55 @@ class Engine:
             duplicates=dups,
             new_users=new_users,
             spec_text=None if self._spec_saved else self.spec.text,
+            segment_changes=changes,
         )
         return new.height, dups
+
+    def _segment_changes(
+        self, states: pl.DataFrame, new: pl.DataFrame | None, *, refresh: bool
+    ) -> pl.DataFrame | None:
+        """Entries and exits of ``states``' users, evaluated at the watermark.
+
+        The previous memberships come from the store (cached); the cause of a
+        change is the user's latest event of the batch, or, for ``refresh``,
+        the passing of time (decay, windows) up to the watermark.
+        """
+        assert self.watermark is not None
+        if self._members is None:
+            self._members = self.store.memberships().select(USER, "segment")
+        values = self.agg.read(states, self.watermark)
+        flags = self.segments_frame(values)
+        now = (
+            flags.unpivot(index=USER, variable_name="segment", value_name="member")
+            .filter(pl.col("member"))
+            .select(USER, "segment")
+        )
+        before = self._members
+        if not refresh:
+            before = before.join(states.select(USER), on=USER, how="semi")
+        keys = [USER, "segment"]
+        enter = now.join(before, on=keys, how="anti").with_columns(change=pl.lit("enter"))
+        leave = before.join(now, on=keys, how="anti").with_columns(change=pl.lit("exit"))
+        changes = pl.concat([enter, leave])
+        if changes.height == 0:
+            return None
+        if new is None:
+            cause = pl.lit(f"re-evaluated at {format_us(self.watermark)} (decay / window expiry)")
+            changes = changes.with_columns(cause=cause)
+        else:
+            last = (
+                new.sort("ts", "event_id")
+                .group_by(USER)
+                .agg(pl.col("event_id").last(), pl.col("type").last(), pl.col("ts").last())
+            )
+            changes = changes.join(last, on=USER, how="left").with_columns(
+                cause=pl.format("event {} ({}) at {}", "event_id", "type",
+                                pl.from_epoch("ts", time_unit="us").dt.strftime(
+                                    "%Y-%m-%dT%H:%M:%S%.fZ"))
+            )
+        return changes.select(
+            pl.lit(self.watermark, dtype=pl.Int64).alias("ts"), USER, "segment", "change", "cause"
+        ).sort(USER, "segment", "change")
 
     def _commit_pending(self, checkpoint: Checkpoint | None) -> None:
         pending = self._pending
@@ -241,6 +302,14 @@ class Engine:
         pending.run = self._run
         self.store.commit(pending)
         self._spec_saved = True
+        if pending.segment_changes is not None and self._members is not None:
+            ch = pending.segment_changes
+            keys = [USER, "segment"]
+            gone = ch.filter(pl.col("change") == "exit").select(keys)
+            came = ch.filter(pl.col("change") == "enter").select(keys)
+            self._members = pl.concat(
+                [self._members.join(gone, on=keys, how="anti"), came]
+            )
         if pending.states.height and self._states is not None:
             keep = self._overlay.join(pending.states.select(USER), on=USER, how="anti")
             self._overlay = pl.concat([keep, pending.states])

@@ -19,3 +19,4 @@ Modules:
 * ``drift.py``      per-user interest shift, bot-like bursts, population PSI.
 * ``explain.py``    top contributing events of a feature value or segment.
 * ``registry.py``   ``<db>/models/<name>/vNNNNNN.*`` + an atomic ``CURRENT``.
+"""

@@ -493,6 +493,11 @@ def _expr(rule: Rule) -> pl.Expr:
     raise TypeError(f"not a rule node: {rule!r}")
 
 
+def operand_to_polars(op: Operand) -> pl.Expr:
+    """The value one operand reads (a keyed lookup: 0 when the key is absent)."""
+    return _operand(op)
+
+
 def _operand(op: Operand) -> pl.Expr:
     if isinstance(op, Num | Str):
         return pl.lit(op.value)

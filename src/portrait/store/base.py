@@ -10,7 +10,10 @@ A store holds, per database:
 * the **de-duplication set**: the ``event_id`` of every logged event;
 * **dead letters**: rejected records, raw, with source, line and reason;
 * **checkpoints**: per source file, how far an ingest got, with its counts;
-* **meta**: the spec text, the watermark, running totals.
+* **meta**: the spec text, the watermark, running totals;
+* **segment memberships** and their **change log**: every entry into and exit
+  from a rule segment, with its time and cause, written in the same
+  transaction as the batch that caused it.
 
 ``commit`` applies one micro-batch atomically: after a crash at any point,
 a reader sees either all of a batch or none of it.
@@ -63,6 +66,17 @@ class Commit:
     new_users: int = 0
     run: tuple[str, bool] | None = None  # (run key, finished) of the ingest command
     spec_text: str | None = None
+    # Rule-segment entries and exits of this batch (CHANGE columns but ``seq``).
+    segment_changes: pl.DataFrame | None = None
+
+
+MEMBERSHIP_SCHEMA: dict[str, pl.DataType] = {
+    "user_id": pl.String(), "segment": pl.String(), "since": pl.Int64(),
+}
+CHANGE_SCHEMA: dict[str, pl.DataType] = {
+    "seq": pl.Int64(), "ts": pl.Int64(), "user_id": pl.String(), "segment": pl.String(),
+    "change": pl.String(), "cause": pl.String(),
+}
 
 
 class Store(Protocol):
@@ -94,6 +108,16 @@ class Store(Protocol):
 
     def run_finished(self, run_key: str) -> bool | None:
         """Whether the ingest command ``run_key`` finished (None: never seen)."""
+        ...
+
+    def memberships(self) -> pl.DataFrame:
+        """Current rule-segment memberships (``MEMBERSHIP_SCHEMA``)."""
+        ...
+
+    def segment_changes(
+        self, user_id: str | None = None, segment: str | None = None, limit: int | None = None
+    ) -> pl.DataFrame:
+        """The segment change log (``CHANGE_SCHEMA``), oldest first."""
         ...
 
     def pinned(self) -> contextlib.AbstractContextManager[None]:

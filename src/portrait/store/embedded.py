@@ -45,7 +45,13 @@ import polars as pl
 from portrait.errors import StoreError
 from portrait.events.schema import EVENT_SCHEMA
 from portrait.fsutil import fsync_path
-from portrait.store.base import Checkpoint, Commit, StoreMeta
+from portrait.store.base import (
+    CHANGE_SCHEMA,
+    MEMBERSHIP_SCHEMA,
+    Checkpoint,
+    Commit,
+    StoreMeta,
+)
 from portrait.store.dedup import SeenSet
 
 USER = "user_id"
@@ -88,6 +94,23 @@ CREATE TABLE IF NOT EXISTS runs (
     run_key TEXT PRIMARY KEY,
     finished INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS memberships (
+    user_id TEXT NOT NULL,
+    segment TEXT NOT NULL,
+    since INTEGER NOT NULL,
+    PRIMARY KEY (user_id, segment)
+);
+CREATE TABLE IF NOT EXISTS segment_changes (
+    seq INTEGER PRIMARY KEY,
+    batch INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    user_id TEXT NOT NULL,
+    segment TEXT NOT NULL,
+    change TEXT NOT NULL CHECK (change IN ('enter', 'exit')),
+    cause TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS segment_changes_user ON segment_changes (user_id);
+CREATE INDEX IF NOT EXISTS segment_changes_segment ON segment_changes (segment, ts);
 CREATE TABLE IF NOT EXISTS checkpoints (
     fingerprint TEXT PRIMARY KEY,
     path TEXT NOT NULL,
@@ -388,6 +411,8 @@ class EmbeddedStore:
                         int(c.complete),
                     ),
                 )
+            if commit.segment_changes is not None and commit.segment_changes.height:
+                self._write_segment_changes(db, seq, commit.segment_changes)
             self._bump(db, commit, kept)
             db.execute("COMMIT")
         except BaseException:
@@ -396,6 +421,49 @@ class EmbeddedStore:
         if self._seen is not None and commit.events.height:
             self._seen.add(commit.events["event_id"])
         self._maybe_compact()
+
+    @staticmethod
+    def _write_segment_changes(db: sqlite3.Connection, seq: int, changes: pl.DataFrame) -> None:
+        """Append to the change log and apply it to the current memberships."""
+        rows = changes.select("ts", USER, "segment", "change", "cause").rows()
+        db.executemany(
+            "INSERT INTO segment_changes (batch, ts, user_id, segment, change, cause) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(seq, *r) for r in rows],
+        )
+        db.executemany(
+            "INSERT OR REPLACE INTO memberships VALUES (?, ?, ?)",
+            [(u, s, ts) for ts, u, s, change, _ in rows if change == "enter"],
+        )
+        db.executemany(
+            "DELETE FROM memberships WHERE user_id = ? AND segment = ?",
+            [(u, s) for _, u, s, change, _ in rows if change == "exit"],
+        )
+
+    def memberships(self) -> pl.DataFrame:
+        """Current rule-segment memberships: ``user_id, segment, since`` (µs)."""
+        rows = self.db.execute("SELECT user_id, segment, since FROM memberships").fetchall()
+        return pl.DataFrame(rows, schema=MEMBERSHIP_SCHEMA, orient="row")
+
+    def segment_changes(
+        self, user_id: str | None = None, segment: str | None = None, limit: int | None = None
+    ) -> pl.DataFrame:
+        """The segment change log, oldest first (filtered by user / segment)."""
+        where, args = [], []
+        if user_id is not None:
+            where.append("user_id = ?")
+            args.append(user_id)
+        if segment is not None:
+            where.append("segment = ?")
+            args.append(segment)
+        sql = "SELECT seq, ts, user_id, segment, change, cause FROM segment_changes"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        rows = self.db.execute(sql, args).fetchall()
+        return pl.DataFrame(rows, schema=CHANGE_SCHEMA, orient="row")
 
     def _bump(self, db: sqlite3.Connection, commit: Commit, rejected: int) -> None:
         def add(key: str, n: int) -> None:
