@@ -456,3 +456,18 @@ def test_load_spec_errors_name_the_path(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         load_spec(bad)
     assert str(info.value).startswith(f"{bad}:3: ")
+
+
+def test_interactions_section_gives_model_weights() -> None:
+    spec = parse_spec(
+        "version: 1\nfeatures:\n  n: {kind: count}\n"
+        "interactions: {purchase: 5, impression: -0.5}\n"
+    )
+    assert dict(spec.interactions) == {"purchase": 5.0, "impression": -0.5}
+    assert dict(parse_spec("version: 1\nfeatures:\n  n: {kind: count}\n").interactions) == {}
+
+
+def test_interactions_must_be_numbers() -> None:
+    with pytest.raises(SpecError, match=r"interactions\.click: expected a number") as err:
+        parse_spec("version: 1\nfeatures:\n  n: {kind: count}\ninteractions: {click: lots}\n")
+    assert err.value.line == 4

@@ -29,7 +29,7 @@ MAX_YAML_DEPTH = 32
 MAX_DURATION_DAYS = 36_500  # 100 years: windows and half-lives stay far inside int64
 MAX_DURATION_US = MAX_DURATION_DAYS * 86_400 * 1_000_000
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_TOP_LEVEL = ("version", "features", "segments")
+_TOP_LEVEL = ("version", "features", "segments", "interactions")
 _COMMON = ("kind", "where", "window")
 _EXTRA: dict[str, tuple[str, ...]] = {
     "count": (),
@@ -86,7 +86,12 @@ def parse_spec(text: str, *, source: str = "<spec>") -> Spec:
         for name, key, value in doc.mapping(top["segments"][1], "segments", allow_null=True):
             _claim_name(doc, names, "segments", name, key)
             segments[name] = _segment(doc, features, name, key, value)
-    return Spec(version=version, features=features, segments=segments, text=text)
+    interactions: dict[str, float] = {}
+    if "interactions" in top:
+        for event_type, _, value in doc.mapping(top["interactions"][1], "interactions"):
+            interactions[event_type] = doc.number(value, f"interactions.{event_type}")
+    return Spec(version=version, features=features, segments=segments, text=text,
+                interactions=interactions)
 
 
 class _Doc:

@@ -119,7 +119,11 @@ class Spec:
     features: Mapping[str, FeatureSpec]
     segments: Mapping[str, SegmentSpec]
     text: str
+    # event type -> weight for the models (collaborative filtering); empty: the
+    # defaults of ``portrait.models.cf.DEFAULT_INTERACTIONS``. Negative allowed.
+    interactions: Mapping[str, float] = FrozenMap()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", FrozenMap(self.features))
         object.__setattr__(self, "segments", FrozenMap(self.segments))
+        object.__setattr__(self, "interactions", FrozenMap(self.interactions))
