@@ -267,3 +267,38 @@ def test_bad_rows_are_dead_lettered_not_fatal(tmp_path: Path) -> None:
     report = evaluate_events("cdnow", pl.concat([frame, bad]), tmp_path / "out", proto=proto)
     assert report["protocol"]["rejected_events"] == 3
     assert report["results"]
+
+
+def test_cdnow_model_methods_are_scored_and_blind_to_later_events(tmp_path: Path) -> None:
+    # lightgbm (refitted at every cut) and river online (learning each cut's examples once
+    # their labels are known) are scored like every other method; events after the last
+    # truth window change nothing, so neither model learned from an unknown outcome.
+    events = synth.purchases(n_users=300, days=540)
+    proto = replace(PROTOCOLS["cdnow"], n_cuts=3, n_bootstrap=50)
+    proto = proto.with_cuts(validated_events(events, source="cdnow")[0]["ts"])
+    end = proto.cuts_us[-1] + proto.horizon_us
+    later = events.with_columns(
+        pl.col("ts") + pl.duration(days=400),
+        pl.format("late:{}", pl.col("event_id")).alias("event_id"),
+    ).filter(pl.col("ts").dt.epoch("us") > end)
+    assert later.height > 100
+    a = evaluate_events("cdnow", events, tmp_path / "a", proto=proto)
+    b = evaluate_events("cdnow", pl.concat([events, later]), tmp_path / "b", proto=proto)
+    rows = [r for r in a["results"] if r["method"] in ("lightgbm", "river online")]
+    assert {(r["method"], r["metric"]) for r in rows} == {
+        (m, k) for m in ("lightgbm", "river online") for k in ("auc", "f1", "brier")}
+    for r in rows:
+        assert set(r) >= ROW_KEYS
+        assert r["kind"] == "dynamic"
+        assert r["refresh"] == "event"
+        assert 0.0 <= r["ci_low"] <= r["value"] + 1e-12 <= r["ci_high"] + 2e-12 <= 1.0 + 2e-12
+        assert r["n_examples"] > r["n_users"] > 100  # every warm user at every cut
+    auc = {r["method"]: r["value"] for r in rows if r["metric"] == "auc"}
+    assert auc["lightgbm"] > 0.6
+    assert auc["river online"] > 0.6
+    assert {"lightgbm", "river online"} <= set(a["curves"]["calibration"])
+    # the same up to float summation order in the replayed profiles
+    key = lambda r: (r["task"], r["method"], r["users"], r["metric"])  # noqa: E731
+    for ra, rb in zip(sorted(a["results"], key=key), sorted(b["results"], key=key), strict=True):
+        assert ra == {k: pytest.approx(v, rel=1e-9) if isinstance(v, float) else v
+                      for k, v in rb.items()}

@@ -14,11 +14,21 @@ that training data. Profiles come from the engine replay.
   purchase count at half-life ``H``; ``decayed profile`` uses every
   half-life plus recency, frequency and spend, also at every refresh
   interval (the freshness-value curve).
+* ``lightgbm`` (dynamic): :class:`portrait.models.propensity.PropensityModel`
+  — LightGBM with held-out isotonic calibration — on the ``decayed
+  profile`` features, refitted point-in-time at every cut; its F1 threshold
+  is the one that maximised F1 on its held-out calibration rows.
+* ``river online`` (dynamic): ``OnlinePropensity`` from the same module —
+  River scaler + logistic regression — on the same features, one model for
+  the whole replay: at cut ``T`` it first learns (one pass, seeded
+  shuffle) the examples read at ``T - horizon`` whose labels ``(T -
+  horizon, T]`` just became known, so it has learned every earlier cut's
+  examples and nothing whose outcome ends after ``T``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +43,12 @@ from portrait.eval.protocol import REFRESH_EVENT, Progress, Protocol
 from portrait.eval.ranking import hl_tag
 from portrait.eval.replay import USER, Replay, SnapshotRequest, cut_requests
 from portrait.events.schema import DeadLetter
+from portrait.models.propensity import LABEL, OnlinePropensity, PropensityModel
 from portrait.spec.loader import parse_spec
 from portrait.timeutil import format_us
 
 US_PER_DAY = 86_400_000_000
+CALIBRATED = ("rfm", "decayed profile", "lightgbm", "river online")  # calibration curves
 
 
 def propensity_spec(half_lives: tuple[str, ...]) -> str:
@@ -97,6 +109,19 @@ def _features(frame: pl.DataFrame, at: int, proto: Protocol, only: str | None) -
     return np.stack(cols, axis=1)
 
 
+def _feature_names(proto: Protocol) -> list[str]:
+    """The columns of ``_features(..., only=None)``, for the models that take frames."""
+    decayed = [f"log_orders_h{hl_tag(h)}" for h in proto.half_lives]
+    return [*decayed, "log_recency_days", "log_orders", "log_spend"]
+
+
+def _feature_frame(frame: pl.DataFrame, at: int, proto: Protocol,
+                   y: np.ndarray | None = None) -> pl.DataFrame:
+    x = pl.DataFrame(_features(frame, at, proto, None), schema=_feature_names(proto),
+                     orient="row")
+    return x if y is None else x.with_columns(pl.Series(LABEL, y))
+
+
 def _fit(x: np.ndarray, y: np.ndarray, seed: int) -> Any:
     model = make_pipeline(StandardScaler(), LogisticRegression(random_state=seed, max_iter=1000))
     model.fit(x, y)
@@ -128,6 +153,7 @@ def evaluate(
     scores: dict[tuple[str, str, str | None, str | None], list[tuple[np.ndarray, ...]]] = {}
     codes = events.select(USER).unique().sort(USER).with_row_index("g")
     static: tuple[Any, float] | None = None
+    online = OnlinePropensity(_feature_names(proto), horizon=proto.horizon)
     for cut in proto.cuts_us:
         say(f"scoring cut {format_us(cut)}")
         train = snaps[("train", cut)].filter(pl.col("orders") > 0)
@@ -158,6 +184,10 @@ def evaluate(
             snap = snaps[(cut, refresh)].sort(USER)
             add(("decayed profile", "dynamic", "all", refresh),
                 model.predict_proba(_features(snap, cut, proto, None))[:, 1], thr)
+        ordered = train.sort(USER)  # row order matters to these models; the read order varies
+        y_ordered = _labels(events, ordered[USER], train_at, cut)
+        _add_models(add, online, proto, _feature_frame(ordered, train_at, proto, y_ordered),
+                    _feature_frame(fresh, cut, proto))
         # the first cut's profiles and model, never updated
         s_frame = fresh.select(USER).join(snaps[("static", first)], on=USER, how="left")
         add(("static_profile", "baseline", None, None),
@@ -165,6 +195,18 @@ def evaluate(
     rows, calib = _rows(scores, proto)
     info = {"n_events": events.height, "replay_batches": batches, "calibration": calib}
     return rows, info
+
+
+def _add_models(add: Callable[..., None], online: OnlinePropensity, proto: Protocol,
+                train: pl.DataFrame, fresh: pl.DataFrame) -> None:
+    """``lightgbm`` refitted on this cut's training rows; ``river online`` learns them."""
+    key = ("all", REFRESH_EVENT)
+    gbm = PropensityModel(_feature_names(proto), horizon=proto.horizon, seed=proto.seed)
+    gbm.fit(train)
+    add(("lightgbm", "dynamic", *key), gbm.predict(fresh), gbm.threshold)
+    online.update(train.sample(fraction=1.0, shuffle=True, seed=proto.seed))
+    thr = M.best_f1_threshold(train[LABEL].to_numpy(), online.predict(train))
+    add(("river online", "dynamic", *key), online.predict(fresh), thr)
 
 
 def _rows(scores: dict[tuple[str, str, str | None, str | None], list[tuple[np.ndarray, ...]]],
@@ -189,6 +231,6 @@ def _rows(scores: dict[tuple[str, str, str | None, str | None], list[tuple[np.nd
                 "n_users": len(np.unique(groups)), "users": "warm",
                 "half_life": hl, "refresh": refresh, "n_examples": len(y),
             })
-        if refresh in (None, REFRESH_EVENT) and method in ("rfm", "decayed profile"):
+        if refresh in (None, REFRESH_EVENT) and method in CALIBRATED:
             calib[method] = M.calibration_bins(y, p, 10)
     return rows, calib
