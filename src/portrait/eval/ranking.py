@@ -44,11 +44,12 @@ import scipy.sparse as sp
 
 from portrait.eval import learned as L
 from portrait.eval import metrics as M
+from portrait.eval import recommender as R
 from portrait.eval.protocol import REFRESH_EVENT, Progress, Protocol
 from portrait.eval.replay import USER, Replay, SnapshotRequest, cut_requests
 from portrait.events.schema import DeadLetter
 from portrait.spec.loader import parse_spec
-from portrait.timeutil import format_us
+from portrait.timeutil import format_us, parse_duration
 
 KNN_NEIGHBOURS = 100
 ALS_FACTORS = 64
@@ -230,6 +231,7 @@ class Collector:
         self.meta: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.groups: dict[tuple[str, str, str], list[np.ndarray]] = {}
         self.tops: dict[tuple[str, str, str], list[np.ndarray]] = {}
+        self.notes: list[str] = []
 
     def add(self, task: str, method: str, users: str, groups: np.ndarray, *,
             values: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
@@ -370,9 +372,10 @@ def evaluate(
     say("training ALS at the first cut")
     static.als = train_als(interaction_matrix(data, None, first, weighted=True), proto.seed)
     col = Collector()
+    rec = R.DynamicRecommender(data.cons, data.items.height, data.genres, proto.seed)
     for ex in examples:
         say(f"scoring cut {format_us(ex.cut)}")
-        sc = _CutScorer(data, ex, cuts.context(ex.cut), col)
+        sc = _CutScorer(data, ex, cuts.context(ex.cut), col, rec)
         _baselines(sc, proto, snaps, static)
         _dynamic(sc, proto, snaps, cuts)
     rows = col.rows(proto.n_bootstrap, proto.seed, data.items.height)
@@ -383,6 +386,7 @@ def evaluate(
         "n_items": data.items.height,
         "n_categories": data.cats.height,
         "replay_batches": batches,
+        "recommender": col.notes,
         "examples_per_cut": [
             {"cut": format_us(ex.cut), "warm": ex.warm.height, "cold": ex.cold.height}
             for ex in examples
@@ -473,8 +477,9 @@ def profile_view(data: Data, proto: Protocol, snap: pl.DataFrame, who: pl.DataFr
 class _CutScorer:
     """Scores methods on one cut's examples and files the metrics in a Collector."""
 
-    def __init__(self, data: Data, ex: Example, ctx: L.Context, col: Collector) -> None:
-        self.data, self.ex, self.ctx, self.col = data, ex, ctx, col
+    def __init__(self, data: Data, ex: Example, ctx: L.Context, col: Collector,
+                 rec: R.DynamicRecommender) -> None:
+        self.data, self.ex, self.ctx, self.col, self.rec = data, ex, ctx, col, rec
         self.groups = {"warm": ex.warm["u"].to_numpy(), "cold": ex.cold["u"].to_numpy()}
         self.excl = {
             "warm": ex.hist[ex.warm["u"].to_numpy()],
@@ -524,6 +529,8 @@ def _baselines(sc: _CutScorer, proto: Protocol, snaps: dict[Any, pl.DataFrame],
            _cat_matrix(data, static.frame, "category_counts", rows_w))
     sc.item("popular_all", "baseline", _bcast(ctx.pop_all, nw))
     sc.item("popular_30d", "baseline", _bcast(ctx.pop_trend, nw))
+    pop_7d = sc.rec.popularity(ex.cut, "7d")
+    sc.item("popular_7d", "baseline", _bcast(pop_7d, nw))
     sc.item("item_knn", "baseline", np.asarray(fresh.hist @ ctx.sim))
     uw = warm["u"].to_numpy()
     static_scores = np.asarray(static.hist[uw] @ static.sim)
@@ -539,6 +546,7 @@ def _baselines(sc: _CutScorer, proto: Protocol, snaps: dict[Any, pl.DataFrame],
         sc.cat("trending_30d", "baseline", _bcast(ctx.cat_trend, nc), users="cold")
         sc.item("popular_all", "baseline", _bcast(ctx.pop_all, nc), users="cold")
         sc.item("popular_30d", "baseline", _bcast(ctx.pop_trend, nc), users="cold")
+        sc.item("popular_7d", "baseline", _bcast(pop_7d, nc), users="cold")
 
 
 def _dynamic(sc: _CutScorer, proto: Protocol, snaps: dict[Any, pl.DataFrame],
@@ -552,6 +560,7 @@ def _dynamic(sc: _CutScorer, proto: Protocol, snaps: dict[Any, pl.DataFrame],
     top_set = (rel >= rel.max(axis=1, keepdims=True) * (1 - 1e-9)) & (rel > 0)
     cat_model = L.fit_categories(t_view, t_ctx, top_set.astype(np.int8), proto.seed)
     item_model = L.fit_items(t_view, t_ctx, t_ex.item_truth_warm, proto.seed)
+    _recommender(sc, proto, snaps, t_ex, t_view)
     for refresh in proto.refresh:
         view = profile_view(data, proto, snaps[(ex.cut, refresh)], ex.warm, ex.hist)
         meta: dict[str, Any] = {"half_life": "learned", "refresh": refresh}
@@ -566,6 +575,34 @@ def _dynamic(sc: _CutScorer, proto: Protocol, snaps: dict[Any, pl.DataFrame],
             method = f"decayed h={h} refresh={refresh}"
             sc.cat(method, "dynamic", aff, **meta)
             sc.item(method, "dynamic", np.asarray(item_aff @ ctx.sim), **meta)
+
+
+def _recommender(sc: _CutScorer, proto: Protocol, snaps: dict[Any, pl.DataFrame],
+                 t_ex: Example, t_view: L.ProfileView) -> None:
+    """The dynamic recommender (``eval/recommender.py``): weights chosen at T - horizon."""
+    data, ex, rec = sc.data, sc.ex, sc.rec
+    h = affinity_half_life(proto)
+    t_users = t_ex.warm["u"].to_numpy()
+    t_sig = rec.signals(t_users, t_ex.cut, t_view.cat_aff[h])
+    weights, _ = R.choose_weights(t_sig, t_ex.item_truth_warm, t_ex.hist[t_users])
+    del t_sig
+    view = profile_view(data, proto, snaps[(ex.cut, REFRESH_EVENT)], ex.warm, ex.hist)
+    sig = rec.signals(ex.warm["u"].to_numpy(), ex.cut, view.cat_aff[h])
+    meta = {"half_life": proto.half_lives[h], "refresh": REFRESH_EVENT}
+    sc.item("recommender", "dynamic", sig.score(weights).astype(np.float64), **meta)
+    sc.col.notes.append(
+        f"recommender weights at {format_us(ex.cut)} (als, pop_7d, pop_30d, affinity): "
+        f"{weights}"
+    )
+    if ex.cold.height:  # the cold-start path: fresh popularity
+        sc.item("recommender", "dynamic",
+                _bcast(rec.popularity(ex.cut, "7d"), ex.cold.height), users="cold", **meta)
+
+
+def affinity_half_life(proto: Protocol) -> int:
+    """Index of the half-life closest to 30 days (the recommender's profile re-rank)."""
+    days = [parse_duration(h) / 86_400_000_000 for h in proto.half_lives]
+    return int(np.argmin([abs(np.log(d / 30.0)) for d in days]))
 
 
 def _cat_matrix(data: Data, frame: pl.DataFrame, col: str, rows: pl.DataFrame) -> np.ndarray:

@@ -45,6 +45,7 @@ GOALS: dict[str, list[dict[str, str]]] = {
         {"task": "next_category", "metric": "acc@1"},
         {"task": "next_category", "metric": "acc@3"},
         {"task": "next_item", "metric": "recall@20"},
+        {"task": "next_item", "metric": "ndcg@20"},
     ],
     "cdnow": [{"task": "propensity", "metric": "auc"}],
 }
