@@ -115,6 +115,11 @@ def profile(
         at_us = parse_time_arg(at) if at is not None else None
         engine = _open_engine(db)
         result = engine.profile(user_id, at_us)
+        if (db / "models").is_dir():  # only then pay for importing the model libraries
+            from portrait.models import service
+
+            if service.registry(engine).names():
+                result["models"] = service.user_outputs(engine, user_id, at_us)
     except PortraitError as exc:
         _fail(exc)
     if json:
@@ -126,6 +131,8 @@ def profile(
     for name, value in result["features"].items():
         table.add_row(name, orjson.dumps(value).decode() if isinstance(value, dict) else str(value))
     table.add_row("segments", ", ".join(result["segments"]) or "-")
+    for name, value in result.get("models", {}).items():
+        table.add_row(f"model: {name}", str(value))
     Console().print(table)
 
 
@@ -319,6 +326,99 @@ def evaluate(
         err.print(f"{v['task']} / {v['metric']}: {v['text']}", highlight=False)
     _emit({"report": str(out / "report.md"), "json": str(out / "report.json"),
            "verdicts": report["verdicts"]})
+
+
+@app.command()
+def recommend(
+    user_id: Annotated[str, typer.Argument(help="user id (unknown users get cold-start picks)")],
+    k: Annotated[int, typer.Option("-k", "--k", min=1, max=1000, help="how many items")] = 20,
+    diversity: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="MMR diversity: 0 = pure relevance")
+    ] = 0.0,
+    db: Annotated[Path, typer.Option(help=DB_HELP)] = DEFAULT_DB,
+    json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
+) -> None:
+    """Top-k items for a user, each with a short reason (needs `portrait models train`)."""
+    from portrait.models import service
+
+    try:
+        engine = _open_engine(db)
+        recs = service.recommend(engine, user_id, k, diversity=diversity)
+        result = service.recommendations_json(
+            user_id, recs, as_of=engine.store.meta().watermark
+        )
+    except PortraitError as exc:
+        _fail(exc)
+    if json:
+        _emit(result)
+        return
+    table = Table(title=f"recommendations for {user_id} as of {result['as_of']}")
+    for col in ("#", "item", "score", "why"):
+        table.add_column(col)
+    for n, item in enumerate(result["items"], 1):
+        table.add_row(str(n), item["item_id"], f"{item['score']:.3f}", item["reason"])
+    Console().print(table)
+
+
+@app.command()
+def audience(
+    query: Annotated[str, typer.Argument(help="rule over features and model outputs")],
+    db: Annotated[Path, typer.Option(help=DB_HELP)] = DEFAULT_DB,
+    at: Annotated[str | None, typer.Option(help="as of this time")] = None,
+    out: Annotated[Path | None, typer.Option(help="export members to .csv or .parquet")] = None,
+    json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
+) -> None:
+    """Count (and export) the users a targeting query selects."""
+    from portrait.audience import export, select
+    from portrait.models import service
+
+    try:
+        engine = _open_engine(db)
+        at_us = parse_time_arg(at) if at is not None else None
+        values = engine.read_at(at_us)
+        outputs = service.model_outputs(engine, values, at_us)
+        aud = select(values, query, dict(engine.spec.features), outputs)
+        path = export(aud, out) if out is not None else None
+    except PortraitError as exc:
+        _fail(exc)
+    result = {"query": query, "count": aud.count, "population": aud.population,
+              "export": None if path is None else str(path)}
+    if json:
+        _emit(result)
+        return
+    where = f"; written to {path}" if path is not None else ""
+    sys.stdout.write(f"{aud.count} of {aud.population} users{where}\n")
+
+
+models_app = typer.Typer(help="behaviour models: train, check freshness", no_args_is_help=True)
+
+
+@models_app.command("train")
+def models_train(
+    db: Annotated[Path, typer.Option(help=DB_HELP)] = DEFAULT_DB,
+    horizon: Annotated[str, typer.Option(help="propensity horizon (e.g. 30d)")] = "30d",
+    if_due: Annotated[
+        bool, typer.Option("--if-due", help="only when the retrain policy says so")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+) -> None:
+    """Train ALS, propensity and cluster models as of the watermark (JSON summary)."""
+    from portrait.models import service
+
+    try:
+        engine = _open_engine(db)
+        if if_due:
+            due, why = service.retrain_due(engine)
+            if not due:
+                _emit({"trained": False, "reason": why})
+                return
+        result = service.train(engine, horizon=horizon, seed=seed)
+    except PortraitError as exc:
+        _fail(exc)
+    _emit({"trained": True, **result})
+
+
+app.add_typer(models_app, name="models")
 
 
 def _mount_datasets() -> None:

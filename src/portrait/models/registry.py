@@ -64,6 +64,12 @@ class ModelRegistry:
             raise UsageError(f"model name {name!r}: use letters, digits, '_', '.', '-'")
         return self.root / name
 
+    def names(self) -> list[str]:
+        """Models with a current version, sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / CURRENT).is_file())
+
     def versions(self, name: str) -> list[int]:
         """Saved versions of ``name``, ascending (empty when there are none)."""
         home = self._home(name)
