@@ -106,13 +106,97 @@ def run_movielens_demo(
         _show_evolution(engine, pl.read_parquet(events_path), out)
         for seg in engine.spec.segments:
             say(f"[bold]segment {seg}[/]: {len(engine.segment_members(seg)):,} users now")
+        log = store.segment_changes(user_id=DEMO_USER)
+        say(f"[bold]segment changes[/]: {store.segment_changes().height:,} entries/exits logged;"
+            f" user {DEMO_USER}'s last ones:")
+        for row in log.tail(3).iter_rows(named=True):
+            say(f"  {format_us(row['ts'])[:10]} {row['change']:5s} {row['segment']}"
+                f"  ({row['cause']})")
+        _show_models(engine, db, report_dir, out)
+    _show_feedback(db, out)
     for name in ("movielens-1m", "cdnow"):
         out.rule(f"[bold]quick replay evaluation: {name}")
         report = run_eval(name, report_dir / name, quick=True, cache=cache, progress=say)
         for v in report["verdicts"]:
             say(f"[bold]{v['task']} / {v['metric']}[/]: {v['text']}")
         say(f"report: {report_dir / name / 'report.md'}")
-    say(f"\ndatabase in {db}/ — try: portrait profile 4169 --db {db} --json")
+    say(f"\ndatabase in {db}/ — try: portrait profile {DEMO_USER} --db {db} --json, "
+        f"portrait recommend {DEMO_USER} --db {db}, "
+        f"portrait explain {DEMO_USER} \"genre_affinity['Drama']\" --db {db}")
+
+
+DEMO_USER = "4169"  # the most active MovieLens-1M rater
+
+
+def _show_models(engine: Engine, db: Path, report_dir: Path, out: Console) -> None:
+    """Train the models, then recommendations with reasons, an audience and drift."""
+    from portrait.audience import export, select
+    from portrait.models import service
+    from portrait.models.drift import drift_report
+
+    out.rule("[bold]models: ALS with online fold-in, clusters, drift, audiences")
+    summary = service.train(engine)
+    als = summary["als"]
+    out.print(f"ALS v{als['version']}: {als['users']:,} users x {als['items']:,} movies "
+              f"({als['interactions']:,} interactions), all models in {summary['seconds']} s")
+    _print_recs(out, f"recommendations for user {DEMO_USER}",
+                service.recommend(engine, DEMO_USER, 8, diversity=0.2))
+    values = engine.read_at()
+    outputs = service.model_outputs(engine, values)
+    query = "movies >= 500 and interest_shift > 0.2"  # heavy raters whose taste moved
+    aud = select(values, query, dict(engine.spec.features), outputs)
+    path = export(aud, report_dir / "audience_heavy_shifting.csv")
+    out.print(f"[bold]audience[/] {query!r}: {aud.count:,} of {aud.population:,} users "
+              f"-> {path}")
+    wm = engine.store.meta().watermark
+    assert wm is not None
+    drift = drift_report(engine, wm - 365 * 86_400_000_000, wm, top=3)
+    moved = sorted(drift["population"], key=lambda r: -(r["psi"] or 0))[:3]
+    out.print("[bold]population drift[/] (PSI, last year): " + ", ".join(
+        f"{r['feature']} {r['psi']:.2f} ({r['level']})" for r in moved))
+
+
+def _print_recs(out: Console, title: str, recs: list[Any]) -> None:
+    table = Table(title=title)
+    for col in ("#", "movie", "why"):
+        table.add_column(col)
+    for n, r in enumerate(recs, 1):
+        table.add_row(str(n), r.item_id, r.reason)
+    out.print(table)
+
+
+def _show_feedback(db: Path, out: Console) -> None:
+    """The loop: the user ignores the top pick three times and likes two horror films
+    (simulated reactions, written as ordinary events through the engine)."""
+    from portrait.events.schema import EVENT_SCHEMA
+    from portrait.models import service
+
+    with open_store(db, writer=True) as store:
+        engine = Engine(None, store)
+        rec = service.recommender(engine)
+        first = service.recommend(engine, DEMO_USER, 8, rec=rec)
+        wm = store.meta().watermark
+        assert wm is not None
+        ignored = first[0].item_id
+        seen = store.events([DEMO_USER]).select("item_id").unique()
+        liked = (
+            store.events().filter(pl.col("category") == "Horror")
+            .join(seen, on="item_id", how="anti")
+            .group_by("item_id").len().sort(["len", "item_id"], descending=[True, False])
+            .head(2)["item_id"].to_list()
+        )  # the two most rated horror films the user has not seen
+        rows = [(f"demo-imp-{n}", ignored, "impression", "") for n in range(3)]
+        rows += [(f"demo-like-{n}", m, "like", "Horror") for n, m in enumerate(liked)]
+        frame = pl.DataFrame(
+            [{**dict.fromkeys(EVENT_SCHEMA), "event_id": eid, "user_id": DEMO_USER,
+              "ts": wm + (n + 1) * 60_000_000, "type": t, "item_id": item,
+              "category": cat or None} for n, (eid, item, t, cat) in enumerate(rows)],
+            schema=EVENT_SCHEMA, orient="row")
+        engine.ingest_events(frame)
+        out.print(f"[bold]feedback[/] (simulated): {DEMO_USER} is shown {ignored!r} 3 times "
+                  f"without clicking, and likes {', '.join(liked)}")
+        _print_recs(out, f"recommendations for {DEMO_USER} after the feedback",
+                    service.recommend(engine, DEMO_USER, 8, rec=rec))
 
 
 def _ingest_with_bar(engine: Engine, path: Path, out: Console) -> Any:
