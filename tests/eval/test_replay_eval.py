@@ -302,3 +302,48 @@ def test_cdnow_model_methods_are_scored_and_blind_to_later_events(tmp_path: Path
     for ra, rb in zip(sorted(a["results"], key=key), sorted(b["results"], key=key), strict=True):
         assert ra == {k: pytest.approx(v, rel=1e-9) if isinstance(v, float) else v
                       for k, v in rb.items()}
+
+
+@pytest.mark.parametrize("weights", [(1.0, 8.0, 0.0, 2.0), (1.0, 2.0, 1.0, 0.5)])
+def test_the_product_recommender_ranks_as_the_vectorised_blend(
+    weights: tuple[float, ...],
+) -> None:
+    # recommender (product) runs portrait.recommend on each user; at a cut where
+    # the catalogue holds every item its top 20 is the vectorised blend's
+    from portrait.eval import metrics
+    from portrait.eval import recommender as rec_eval
+    from portrait.recommend import Recommender
+
+    data = ranking.prepare(_events("ratings"))
+    cut = int(np.quantile(data.cons["ts"].to_numpy(), 0.8))
+    hist = ranking.interaction_matrix(data, None, cut)
+    users = np.flatnonzero(np.asarray(hist.sum(axis=1)).ravel() > 0)
+    rng = np.random.default_rng(3)
+    cat_aff = rng.gamma(1.0, size=(users.size, data.cats.height))
+    cat_aff[rng.random(cat_aff.shape) < 0.4] = 0.0
+    dyn = rec_eval.DynamicRecommender(data.cons, data.items.height, data.genres, seed=0)
+    base = dyn.signals(users, cut, cat_aff).score(weights).astype(np.float64)
+    want = metrics.top_k(base, 20, hist[users])
+    names = data.cats["category"].to_list()
+    catalog = rec_eval.catalog_at(data.cons, names, cut)
+    assert len(catalog) == data.items.height
+    product = Recommender(dyn.model(cut), catalog, rec_eval.product_params(weights))
+    contexts = rec_eval.user_contexts(data.cons, users, cut,
+                                      rec_eval.affinity_maps(cat_aff, names))
+    run = rec_eval.product_ranking(product, contexts)
+    assert np.array_equal(run.top, want)
+    # the score matrix the metrics read keeps the product's order, then the blend's
+    scores = run.scores(base)
+    assert np.array_equal(metrics.top_k(scores, 20, hist[users]), run.top)
+    rest = metrics.top_k(scores, 40, hist[users])[:, 20:]
+    assert np.array_equal(rest, metrics.top_k(base, 40, hist[users])[:, 20:])
+
+
+def test_the_product_recommender_is_a_row_of_the_report(ratings_report: dict[str, Any]) -> None:
+    rows = [r for r in ratings_report["results"] if r["task"] == "next_item"
+            and r["users"] == "warm" and r["metric"] == "recall@20"]
+    by = {r["method"]: r for r in rows}
+    assert by["recommender (product)"]["kind"] == "dynamic"
+    assert by["recommender (product)"]["n_examples"] == by["recommender"]["n_examples"]
+    notes = ratings_report["protocol"]["recommender"]
+    assert sum("recommender (product) at" in n for n in notes) == 2

@@ -86,6 +86,10 @@ def items_of(recs: list[Any]) -> list[str]:
 def test_train_then_recommend_follows_taste_and_feedback(engine: Engine) -> None:
     summary = service.train(engine, horizon="30d")
     assert summary["als"]["users"] == 60
+    # tuned point-in-time on this store: taste, not (noise) popularity
+    assert summary["recommender"]["weights"][1] == 0.0
+    assert summary["recommender"]["recall@20"] >= summary["recommender"][
+        "default_weights_recall@20"]
     assert summary["p_purchase_30d"]["version"] == 1 or "skipped" in summary["p_purchase_30d"]
     recs = service.recommend(engine, "a00", 5)
     assert len(recs) == 5

@@ -33,6 +33,7 @@ same fallback for every personal method.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ from portrait.eval import recommender as R
 from portrait.eval.protocol import REFRESH_EVENT, Progress, Protocol
 from portrait.eval.replay import USER, Replay, SnapshotRequest, cut_requests
 from portrait.events.schema import DeadLetter
+from portrait.recommend import Recommender
 from portrait.spec.loader import parse_spec
 from portrait.timeutil import format_us, parse_duration
 
@@ -529,7 +531,7 @@ def _baselines(sc: _CutScorer, proto: Protocol, snaps: dict[Any, pl.DataFrame],
            _cat_matrix(data, static.frame, "category_counts", rows_w))
     sc.item("popular_all", "baseline", _bcast(ctx.pop_all, nw))
     sc.item("popular_30d", "baseline", _bcast(ctx.pop_trend, nw))
-    pop_7d = sc.rec.popularity(ex.cut, "7d")
+    pop_7d = sc.rec.popularity(ex.cut, "7d", adaptive=False)
     sc.item("popular_7d", "baseline", _bcast(pop_7d, nw))
     sc.item("item_knn", "baseline", np.asarray(fresh.hist @ ctx.sim))
     uw = warm["u"].to_numpy()
@@ -587,16 +589,43 @@ def _recommender(sc: _CutScorer, proto: Protocol, snaps: dict[Any, pl.DataFrame]
     weights, _ = R.choose_weights(t_sig, t_ex.item_truth_warm, t_ex.hist[t_users])
     del t_sig
     view = profile_view(data, proto, snaps[(ex.cut, REFRESH_EVENT)], ex.warm, ex.hist)
-    sig = rec.signals(ex.warm["u"].to_numpy(), ex.cut, view.cat_aff[h])
+    users = ex.warm["u"].to_numpy()
+    sig = rec.signals(users, ex.cut, view.cat_aff[h])
     meta = {"half_life": proto.half_lives[h], "refresh": REFRESH_EVENT}
-    sc.item("recommender", "dynamic", sig.score(weights).astype(np.float64), **meta)
+    base = sig.score(weights).astype(np.float64)
+    del sig
+    sc.item("recommender", "dynamic", base, **meta)
     sc.col.notes.append(
         f"recommender weights at {format_us(ex.cut)} (als, pop_7d, pop_30d, affinity): "
         f"{weights}"
     )
+    _product(sc, base, view.cat_aff[h], weights=weights, meta=meta)
     if ex.cold.height:  # the cold-start path: fresh popularity
         sc.item("recommender", "dynamic",
                 _bcast(rec.popularity(ex.cut, "7d"), ex.cold.height), users="cold", **meta)
+
+
+def _product(sc: _CutScorer, base: np.ndarray, cat_aff: np.ndarray, *,
+             weights: tuple[float, ...], meta: dict[str, Any]) -> None:
+    """``recommender (product)``: the product's ``Recommender`` on the warm users."""
+    data, ex, rec = sc.data, sc.ex, sc.rec
+    users = ex.warm["u"].to_numpy()
+    names = data.cats["category"].to_list()
+    start = time.perf_counter()
+    product = Recommender(rec.model(ex.cut), R.catalog_at(data.cons, names, ex.cut),
+                          R.product_params(weights))
+    contexts = R.user_contexts(data.cons, users, ex.cut, R.affinity_maps(cat_aff, names))
+    built = time.perf_counter() - start
+    run = R.product_ranking(product, contexts)
+    sc.item("recommender (product)", "dynamic", run.scores(base), **meta)
+    vec_top = M.top_k(base, R.PRODUCT_K, sc.excl["warm"])
+    sc.col.notes.append(
+        f"recommender (product) at {format_us(ex.cut)}: {users.size} users; catalogue of "
+        f"{len(product.catalog)} items, recommender and contexts built in {built:.2f} s, "
+        f"recommend {run.seconds:.2f} s ({1000 * run.seconds / max(users.size, 1):.2f} ms/user); "
+        f"share of its top {R.PRODUCT_K} in the vectorised top {R.PRODUCT_K}: "
+        f"{R.top_overlap(run.top, vec_top):.3f}"
+    )
 
 
 def affinity_half_life(proto: Protocol) -> int:

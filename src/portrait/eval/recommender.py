@@ -24,12 +24,21 @@ recall@20 they give at ``T - horizon`` with the truth of ``(T - horizon, T]``
 (all known at ``T``: point-in-time, nothing leaks), and the chosen weights
 are reported. Cold users (no history before ``T``) get the 7-day popularity
 (the product's cold-start path).
+
+``recommender (product)`` runs the product code itself on the same examples:
+per warm user, a :class:`~portrait.recommend.UserContext` of their
+consumptions up to ``T`` (and the engine's category affinity at ``T``, the
+same half-life) goes through :meth:`portrait.recommend.Recommender.recommend`
+(``k = 20``, learned blend, the weights chosen above) with the same scheduled
+model and a :class:`~portrait.recommend.Catalog` built at ``T`` from the
+consumptions up to ``T`` (:func:`product_ranking`).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +47,9 @@ import polars as pl
 
 from portrait.eval import metrics as M
 from portrait.models.cf import ALSModel, ALSParams
+from portrait.recommend import Catalog, Recommender, RecommendParams, UserContext
+from portrait.recommend.catalog import MIN_SHARE_LONG, MIN_SHARE_SHORT, adaptive_start
+from portrait.recommend.core import POP_SD_FLOOR
 from portrait.timeutil import parse_duration
 
 DAY_US = 86_400_000_000
@@ -47,6 +59,10 @@ GRID_POP7 = (0.0, 2.0, 4.0, 8.0, 12.0, 20.0)
 GRID_POP30 = (0.0, 2.0, 4.0)
 GRID_AFF = (0.0, 0.5, 1.0, 2.0)
 FEATURES = ("als", "pop_7d", "pop_30d", "affinity")
+PRODUCT_K = 20
+# above any blend score: the product's top 20 rank first, the rest keep the blend order
+PRODUCT_OFFSET = 1e6
+COUNT = "consumption"  # the one event type of the product catalogue: popularity = counts
 
 
 @dataclass
@@ -69,6 +85,12 @@ def _zrows(x: np.ndarray) -> np.ndarray:
 def _z(v: np.ndarray) -> np.ndarray:
     sd = v.std()
     out: np.ndarray = (v - v.mean()) / (sd if sd > 0 else 1.0)
+    return out
+
+
+def _zpop(log_pop: np.ndarray) -> np.ndarray:
+    """As the product (``recommend.core._zpop``): the sd floored at ``POP_SD_FLOOR``."""
+    out: np.ndarray = (log_pop - log_pop.mean()) / max(float(log_pop.std()), POP_SD_FLOOR)
     return out
 
 
@@ -133,13 +155,20 @@ class DynamicRecommender:
             self._models[until] = train_model(self.cons, until, self.seed)
         return self._models[until]
 
-    def popularity(self, at: int, window: str) -> np.ndarray:
-        return popularity(self.cons, self.n_items, at - parse_duration(window), at)
+    def popularity(self, at: int, window: str, *, adaptive: bool = True) -> np.ndarray:
+        """Consumptions per item in the window before ``at``; ``adaptive``: widened like
+        the product catalogue's when it holds too few (``catalog.adaptive_start``)."""
+        lo = at - parse_duration(window)
+        if adaptive:
+            share = MIN_SHARE_SHORT if window == POP_WINDOWS[0] else MIN_SHARE_LONG
+            ts = self.cons.filter(pl.col("ts") <= at)["ts"].to_numpy()
+            lo = adaptive_start(ts, at, parse_duration(window), share)
+        return popularity(self.cons, self.n_items, lo, at)
 
     def signals(self, users: np.ndarray, at: int, cat_aff: np.ndarray) -> Signals:
         """The standardised signals (``FEATURES``) for ``users`` (row order) at ``at``."""
         als = _zrows(fold_in_scores(self.model(at), self.cons, users, at, self.n_items))
-        pops = [np.broadcast_to(_z(np.log1p(self.popularity(at, w))), als.shape)
+        pops = [np.broadcast_to(_zpop(np.log1p(self.popularity(at, w))), als.shape)
                 for w in POP_WINDOWS]
         share = cat_aff / np.maximum(cat_aff.sum(axis=1, keepdims=True), 1e-12)
         aff = _zrows(np.asarray(share @ self._genres_t))
@@ -166,3 +195,96 @@ def choose_weights(sig: Signals, truth: Any, exclude: Any) -> tuple[tuple[float,
 
 def retrain_time(cut: int) -> int:
     return cut - parse_duration(RETRAIN_LAG)
+
+
+@dataclass
+class ProductRun:
+    """The product recommender's top ``PRODUCT_K`` per user (item indices, -1 padded)."""
+
+    top: np.ndarray  # users x PRODUCT_K
+    seconds: float  # every recommend call
+
+    def scores(self, base: np.ndarray) -> np.ndarray:
+        """A score matrix with the product's ranking on top.
+
+        The ranking metrics read a users x items score matrix: the product's
+        top ``PRODUCT_K`` get ``PRODUCT_OFFSET * 2 - rank``; every other item
+        ``base - PRODUCT_OFFSET`` (``base``: the vectorised blend), so
+        recall/ndcg/hit at <= 20 are the product's exactly and MRR continues
+        past 20 in the vectorised order.
+        """
+        out = np.asarray(base, np.float64) - PRODUCT_OFFSET
+        rows, ranks = np.nonzero(self.top >= 0)
+        out[rows, self.top[rows, ranks]] = 2 * PRODUCT_OFFSET - ranks
+        return out
+
+
+def catalog_at(cons: pl.DataFrame, categories: Sequence[str], at: int) -> Catalog:
+    """The product catalogue at ``at`` from the consumptions up to ``at``.
+
+    Items are ``str(i)`` (the model's ids); every consumption counts 1 in the
+    popularity windows (7 and 30 days), as :func:`popularity` does.
+    """
+    c = cons.filter(pl.col("ts") <= at)
+    names = pl.Series(list(categories), dtype=pl.String)
+    events = c.select(
+        pl.col("u").cast(pl.String).alias("user_id"),
+        pl.col("i").cast(pl.String).alias("item_id"),
+        pl.lit(COUNT).alias("type"),
+        "ts",
+        pl.col("cats").list.eval(pl.element().replace_strict(
+            pl.Series(range(len(names))), names, return_dtype=pl.String)).alias("category"),
+    ).explode("category")
+    return Catalog.from_events(events, at, weights={COUNT: 1.0},
+                               window_us=parse_duration(POP_WINDOWS[1]),
+                               short_window_us=parse_duration(POP_WINDOWS[0]))
+
+
+def user_contexts(cons: pl.DataFrame, users: np.ndarray, at: int,
+                  affinity: Sequence[Mapping[str, float]]) -> list[UserContext]:
+    """Per user (row order): their consumptions up to ``at`` (item ``str(i)``, type
+    weight, ts) and ``affinity`` (the engine's category affinity at ``at``)."""
+    c = (
+        cons.filter((pl.col("ts") <= at) & pl.col("u").is_in(pl.Series(users).implode()))
+        .select("u", "i", "weight", "ts")
+        .sort("u", "ts", maintain_order=True)
+    )
+    u, items = c["u"].to_numpy(), c["i"].cast(pl.String).to_list()
+    wts, ts = c["weight"].to_numpy().astype(np.float64), c["ts"].to_numpy().astype(np.int64)
+    starts = np.searchsorted(u, users, side="left")
+    ends = np.searchsorted(u, users, side="right")
+    return [
+        UserContext(item_ids=items[s:e], weights=wts[s:e], ts=ts[s:e], category_affinity=aff)
+        for s, e, aff in zip(starts, ends, affinity, strict=True)
+    ]
+
+
+def product_params(weights: Sequence[float]) -> RecommendParams:
+    """The product's parameters with the learned blend at ``weights`` (``FEATURES`` order)."""
+    w = [float(x) for x in weights]
+    return RecommendParams(blend="learned", learned_weights=(w[0], w[1], w[2], w[3]))
+
+
+def product_ranking(rec: Recommender, contexts: Sequence[UserContext]) -> ProductRun:
+    """``rec.recommend(ctx, k=PRODUCT_K)`` for each context, timed (BLAS on one thread,
+    as one request is served)."""
+    from threadpoolctl import threadpool_limits
+
+    start = time.perf_counter()
+    top = np.full((len(contexts), PRODUCT_K), -1, np.int64)
+    with threadpool_limits(1, "blas"):
+        for row, ctx in enumerate(contexts):
+            got = [int(r.item_id) for r in rec.recommend(ctx, k=PRODUCT_K)]
+            top[row, : len(got)] = got
+    return ProductRun(top, time.perf_counter() - start)
+
+
+def affinity_maps(cat_aff: np.ndarray, categories: Sequence[str]) -> list[dict[str, float]]:
+    """Per row of a users x categories matrix, its non-zero entries by category name."""
+    return [{categories[j]: float(row[j]) for j in np.flatnonzero(row).tolist()} for row in cat_aff]
+
+
+def top_overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean share of ``a``'s items (-1 ignored) per row that are also in ``b``'s row."""
+    shares = [np.isin(x[x >= 0], y).mean() for x, y in zip(a, b, strict=True) if (x >= 0).any()]
+    return float(np.mean(shares)) if shares else float("nan")

@@ -10,6 +10,8 @@ retrain never disturbs a reader: the new version appears all at once.
 
 * ``als``: implicit ALS on every logged interaction, weighted by the spec's
   ``interactions`` (else :data:`~portrait.models.cf.DEFAULT_INTERACTIONS`);
+* the recommender's blend weights, learned point-in-time on the last horizon
+  (:mod:`portrait.recommend.tuning`; kept in ``trained.json``);
 * ``p_purchase_<H>`` / ``p_churn_<H>``: LightGBM, calibrated, trained
   point-in-time on the profiles read at ``T - H`` with labels from
   ``(T - H, T]`` (skipped, with the reason, when the log has no purchases or
@@ -45,7 +47,8 @@ from portrait.models.propensity import PropensityModel, target_name, training_fr
 from portrait.models.registry import ModelRegistry, RetrainPolicy
 from portrait.models.rfm import rfm_segments
 from portrait.recommend.catalog import Catalog
-from portrait.recommend.core import Rec, Recommender, UserContext
+from portrait.recommend.core import Rec, Recommender, RecommendParams, UserContext
+from portrait.recommend.tuning import tune
 from portrait.timeutil import format_us, parse_duration, parse_time_arg
 
 if TYPE_CHECKING:
@@ -98,6 +101,15 @@ def train(engine: Engine, *, horizon: str = "30d", seed: int = 0,
         version = reg.save(ALS, als)
         out[ALS] = {"version": version, "users": len(als.user_ids), "items": len(als.item_ids),
                     "interactions": als.n_interactions}
+        tuned = tune(events, interaction_weights(engine), lambda t, us: _affinities(engine, t, us),
+                     wm, parse_duration(horizon), seed=seed)
+        out["recommender"] = (
+            {"skipped": "too few users with new items in the last horizon to tune on"}
+            if tuned is None else
+            {"weights": list(tuned.weights), "recall@20": round(tuned.recall, 4),
+             "default_weights_recall@20": round(tuned.default_recall, 4),
+             "tuned_on_users": tuned.users}
+        )
     else:
         out[ALS] = {"skipped": "no events with an item_id and a weighted type"}
     feats = numeric_features(engine)
@@ -183,20 +195,33 @@ def recommender(engine: Engine) -> Recommender:
     wm = engine.store.meta().watermark or 0
     catalog = Catalog.from_events(engine.store.events(), wm,
                                   weights=interaction_weights(engine))
-    return Recommender(model, catalog)
+    last = last_training(engine) or {}
+    tuned = (last.get("recommender") or {}).get("weights")
+    params = RecommendParams() if tuned is None else RecommendParams(
+        learned_weights=tuple(float(w) for w in tuned))  # type: ignore[arg-type]
+    return Recommender(model, catalog, params)
+
+
+def _affinity_feature(engine: Engine) -> str | None:
+    return next((n for n, f in engine.spec.features.items()
+                 if f.kind == "decayed" and f.key == "category"), None)
+
+
+def _affinities(engine: Engine, at: int | None, users: list[str]) -> dict[str, dict[str, float]]:
+    """Users' decayed category affinities read at ``at`` (the spec's first such map)."""
+    name = _affinity_feature(engine)
+    if name is None or not users:
+        return {}
+    values = engine.read_at(at, users)
+    return {
+        str(u): {str(e["key"]): float(e["value"]) for e in (entries or [])}
+        for u, entries in zip(values[USER].to_list(), values[name].to_list(), strict=True)
+    }
 
 
 def category_affinity(engine: Engine, user_id: str) -> dict[str, float]:
-    """The user's decayed category affinity from the profile (the spec's first such map)."""
-    name = next((n for n, f in engine.spec.features.items()
-                 if f.kind == "decayed" and f.key == "category"), None)
-    if name is None:
-        return {}
-    values = engine.read_at(None, [user_id])
-    if values.height == 0:
-        return {}
-    entries = values[name].to_list()[0]
-    return {str(e["key"]): float(e["value"]) for e in (entries or [])}
+    """The user's decayed category affinity from the profile, now."""
+    return _affinities(engine, None, [user_id]).get(user_id, {})
 
 
 def recommend(engine: Engine, user_id: str, k: int = 20, *, diversity: float = 0.0,

@@ -4,7 +4,14 @@ Built once from an events frame at a time ``now`` (events after ``now`` are
 ignored). An item exists once any event names it (an impression is enough).
 Popularity is the sum of the *positive* interaction weights of the item's
 events (impressions never add popularity): ``recent`` over
-``(now - window_us, now]``, ``alltime`` over everything up to ``now``. An item
+``(now - window_us, now]`` (30 days by default), ``recent_short`` over
+``(now - short_window_us, now]`` (7 days), ``alltime`` over everything up to
+``now``. The learned blend of :mod:`portrait.recommend.core` reads both
+windows. A window that holds too little to rank by (the tail of a dataset, a
+quiet night) is widened: it reaches back at least far enough to hold
+``MIN_SHARE_SHORT`` (1%) / ``MIN_SHARE_LONG`` (4%) of all positive
+interactions up to ``now`` (:func:`adaptive_start`); ``window_us`` /
+``short_window_us`` are the windows actually used. An item
 may carry several categories (every non-null ``category`` seen on its
 events); per category the items are kept in recent-popularity order, the
 candidate list of "more of what you like". Events that differ only in
@@ -25,12 +32,30 @@ from portrait.models.cf import DEFAULT_INTERACTIONS, collapse_categories
 
 DAY_US = 86_400 * 1_000_000
 DEFAULT_WINDOW_US = 30 * DAY_US
+DEFAULT_SHORT_WINDOW_US = 7 * DAY_US
 PER_CATEGORY = 200  # items kept per category, by recent popularity
+MIN_SHARE_SHORT = 0.01  # the short window holds at least 1% of the interactions so far
+MIN_SHARE_LONG = 0.04  # the long one at least 4%
+
+
+def adaptive_start(ts: np.ndarray, now: int, window_us: int, min_share: float) -> int:
+    """``lo`` of the window ``(lo, now]``: ``now - window_us``, widened if needed so that
+    it holds at least ``ceil(min_share * len(ts))`` of the times ``ts`` (all ``<= now``)."""
+    lo = now - window_us
+    k = int(np.ceil(min_share * ts.size))
+    if k == 0:
+        return lo
+    kth = int(np.partition(ts, ts.size - k)[ts.size - k])  # the k-th most recent time
+    return min(lo, kth - 1)
 
 
 @dataclass(frozen=True)
 class Catalog:
-    """Items (index = position in ``item_ids``) with categories and popularity."""
+    """Items (index = position in ``item_ids``) with categories and popularity.
+
+    ``recent_short`` left out (empty) means the catalogue has one window: it
+    becomes a copy of ``recent`` and ``short_window_us`` becomes ``window_us``.
+    """
 
     item_ids: tuple[str, ...]
     categories: tuple[str, ...]
@@ -39,12 +64,17 @@ class Catalog:
     alltime: np.ndarray  # positive weight up to now, per item
     now: int  # epoch µs
     window_us: int = DEFAULT_WINDOW_US
+    recent_short: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (now - short, now]
+    short_window_us: int = DEFAULT_SHORT_WINDOW_US
     popular: np.ndarray = field(init=False)  # item indices, most popular first
     by_category: tuple[np.ndarray, ...] = field(init=False)  # per category, popular first
     _item_pos: dict[str, int] = field(init=False, repr=False)
     _cat_pos: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.recent_short.size == 0 and len(self.item_ids):
+            object.__setattr__(self, "recent_short", self.recent.copy())
+            object.__setattr__(self, "short_window_us", self.window_us)
         n = len(self.item_ids)
         order = np.lexsort((np.arange(n), -self.alltime, -self.recent))
         rank = np.empty(n, np.int64)
@@ -61,15 +91,21 @@ class Catalog:
 
     @classmethod
     def from_events(cls, events: pl.DataFrame, now: int, *, window_us: int = DEFAULT_WINDOW_US,
-                    weights: Mapping[str, float] = DEFAULT_INTERACTIONS) -> Catalog:
-        """The catalogue as of ``now`` (epoch µs); see the module doc."""
+                    weights: Mapping[str, float] = DEFAULT_INTERACTIONS,
+                    short_window_us: int = DEFAULT_SHORT_WINDOW_US) -> Catalog:
+        """The catalogue as of ``now`` (epoch µs); windows in µs; see the module doc."""
         ev = events.filter(pl.col("item_id").is_not_null() & (pl.col("ts") <= now))
         ev = collapse_categories(ev.with_columns(pl.col("item_id").cast(pl.String)))
         items = ev.select("item_id").unique().sort("item_id").with_row_index("i")
         w = pl.col("type").replace_strict(dict(weights), default=0.0, return_dtype=pl.Float64)
         pos = pl.max_horizontal(w, pl.lit(0.0))
+        times = ev.filter(w > 0)["ts"].to_numpy()
+        window_us = now - adaptive_start(times, now, window_us, MIN_SHARE_LONG)
+        short_window_us = now - adaptive_start(times, now, short_window_us, MIN_SHARE_SHORT)
         pop = ev.group_by("item_id").agg(
-            pos.sum().alias("all"), pos.filter(pl.col("ts") > now - window_us).sum().alias("rec")
+            pos.sum().alias("all"),
+            pos.filter(pl.col("ts") > now - window_us).sum().alias("rec"),
+            pos.filter(pl.col("ts") > now - short_window_us).sum().alias("short"),
         )
         pop = items.join(pop, on="item_id", how="left").sort("i")
         cats = _categories(events.filter(pl.col("ts") <= now), items)
@@ -81,6 +117,8 @@ class Catalog:
             alltime=pop["all"].fill_null(0.0).to_numpy().astype(np.float64),
             now=now,
             window_us=window_us,
+            recent_short=pop["short"].fill_null(0.0).to_numpy().astype(np.float64),
+            short_window_us=short_window_us,
         )
 
     def __len__(self) -> int:
@@ -98,6 +136,10 @@ class Catalog:
     @property
     def window_days(self) -> float:
         return self.window_us / DAY_US
+
+    @property
+    def short_window_days(self) -> float:
+        return self.short_window_us / DAY_US
 
 
 def _categories(events: pl.DataFrame, items: pl.DataFrame) -> tuple[tuple[str, ...], Any]:
