@@ -347,9 +347,11 @@ class Recommender:
                     k: int) -> tuple[np.ndarray, np.ndarray]:
         p, cat = self.params, self.catalog
         lists: list[tuple[int, np.ndarray]] = []
-        if als is not None:
+        # The learned blend ranks the whole catalogue (``_complete`` adds its best
+        # items); the ALS and neighbour lists only matter to the hand blend.
+        if als is not None and learned is None:
             lists.append((_ALS, self._top_model(als, user, p.als_candidates)))
-        for seed in user.seeds.tolist():
+        for seed in user.seeds.tolist() if learned is None else ():
             lists.append((_NEIGHBOURS, self._neighbours(seed)))
         liked = np.flatnonzero(user.affinity > 0)
         for c in liked[np.argsort(-user.affinity[liked], kind="stable")][: p.top_categories]:
