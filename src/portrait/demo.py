@@ -126,6 +126,7 @@ def run_movielens_demo(
 
 
 DEMO_USER = "4169"  # the most active MovieLens-1M rater
+LIGHT_USER = "1000"  # 84 ratings: a few new reactions visibly move their recommendations
 
 
 def _show_models(engine: Engine, db: Path, report_dir: Path, out: Console) -> None:
@@ -139,7 +140,14 @@ def _show_models(engine: Engine, db: Path, report_dir: Path, out: Console) -> No
     als = summary["als"]
     out.print(f"ALS v{als['version']}: {als['users']:,} users x {als['items']:,} movies "
               f"({als['interactions']:,} interactions), all models in {summary['seconds']} s")
-    _print_recs(out, f"recommendations for user {DEMO_USER}",
+    tuned = summary.get("recommender", {})
+    if "weights" in tuned:
+        w = tuned["weights"]
+        out.print(f"blend weights learned on the last 30 days ({tuned['tuned_on_users']} users): "
+                  f"ALS {w[0]:g}, trend 7 d {w[1]:g}, trend 30 d {w[2]:g}, profile {w[3]:g} "
+                  f"(recall@20 {tuned['recall@20']:.3f} vs {tuned['default_weights_recall@20']:.3f}"
+                  " with the defaults)")
+    _print_recs(out, f"recommendations for user {DEMO_USER} (diversity 0.2)",
                 service.recommend(engine, DEMO_USER, 8, diversity=0.2))
     values = engine.read_at()
     outputs = service.model_outputs(engine, values)
@@ -174,29 +182,29 @@ def _show_feedback(db: Path, out: Console) -> None:
     with open_store(db, writer=True) as store:
         engine = Engine(None, store)
         rec = service.recommender(engine)
-        first = service.recommend(engine, DEMO_USER, 8, rec=rec)
+        first = service.recommend(engine, LIGHT_USER, 8, rec=rec)
         wm = store.meta().watermark
         assert wm is not None
         ignored = first[0].item_id
-        seen = store.events([DEMO_USER]).select("item_id").unique()
+        seen = store.events([LIGHT_USER]).select("item_id").unique()
         liked = (
             store.events().filter(pl.col("category") == "Horror")
             .join(seen, on="item_id", how="anti")
             .group_by("item_id").len().sort(["len", "item_id"], descending=[True, False])
             .head(2)["item_id"].to_list()
         )  # the two most rated horror films the user has not seen
-        rows = [(f"demo-imp-{n}", ignored, "impression", "") for n in range(3)]
-        rows += [(f"demo-like-{n}", m, "like", "Horror") for n, m in enumerate(liked)]
+        rows = [(f"demo-{LIGHT_USER}-imp-{n}", ignored, "impression", "") for n in range(3)]
+        rows += [(f"demo-{LIGHT_USER}-like-{n}", m, "like", "Horror") for n, m in enumerate(liked)]
         frame = pl.DataFrame(
-            [{**dict.fromkeys(EVENT_SCHEMA), "event_id": eid, "user_id": DEMO_USER,
+            [{**dict.fromkeys(EVENT_SCHEMA), "event_id": eid, "user_id": LIGHT_USER,
               "ts": wm + (n + 1) * 60_000_000, "type": t, "item_id": item,
               "category": cat or None} for n, (eid, item, t, cat) in enumerate(rows)],
             schema=EVENT_SCHEMA, orient="row")
         engine.ingest_events(frame)
-        out.print(f"[bold]feedback[/] (simulated): {DEMO_USER} is shown {ignored!r} 3 times "
+        out.print(f"[bold]feedback[/] (simulated): {LIGHT_USER} is shown {ignored!r} 3 times "
                   f"without clicking, and likes {', '.join(liked)}")
-        _print_recs(out, f"recommendations for {DEMO_USER} after the feedback",
-                    service.recommend(engine, DEMO_USER, 8, rec=rec))
+        _print_recs(out, f"recommendations for {LIGHT_USER} after the feedback",
+                    service.recommend(engine, LIGHT_USER, 8, rec=rec))
 
 
 def _ingest_with_bar(engine: Engine, path: Path, out: Console) -> Any:

@@ -244,7 +244,7 @@ class Recommender:
         self._c_known = self._c2m >= 0
         days = (catalog.short_window_days if self._learned and w_short >= w_long
                 else catalog.window_days)
-        self._popular_reason = f"popular in the last {days:g} days"
+        self._popular_reason = f"popular in the last {_span(days)}"
         self._ann_items = np.flatnonzero(~self._off_catalog)  # index row -> model item
         self._ann = CosineIndex(model.item_factors[self._ann_items], nprobe=self.params.nprobe)
 
@@ -468,6 +468,15 @@ class Recommender:
             sources = tuple(s for s, f in zip(SOURCES, flags[j], strict=True) if f)
             out.append(Rec(self.catalog.item_ids[c], float(chosen.total[j]), reason, sources))
         return out
+
+
+def _span(days: float) -> str:
+    """A window length for a reason: "7 days", "36 hours", "18 months"."""
+    if days < 2:
+        return f"{round(days * 24)} hours"
+    if days <= 90:
+        return f"{round(days)} days"
+    return f"{round(days / 30.44)} months"
 
 
 def _zpop(log_pop: np.ndarray) -> np.ndarray:
