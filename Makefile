@@ -20,6 +20,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
+	command -v chromium >/dev/null || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)  # browser tests
 	$(BIN)/python -m pytest -n 2 --durations=15
 
 lint: $(STAMP)

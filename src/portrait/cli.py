@@ -421,6 +421,88 @@ def models_train(
 app.add_typer(models_app, name="models")
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port")] = 8000,
+    db: Annotated[Path, typer.Option(help=DB_HELP)] = DEFAULT_DB,
+    spec: Annotated[Path | None, typer.Option(help="profile spec (needed for a new db)")] = None,
+    access_log: Annotated[bool, typer.Option(help="log every request")] = False,
+) -> None:
+    """The HTTP API (docs/api.md); the first start makes and prints an admin API key."""
+    from portrait.serve import ServeSettings, run
+    from portrait.serve.keys import KeyStore
+    from portrait.spec.loader import load_spec
+
+    try:
+        if spec is not None:
+            load_spec(spec)  # a bad spec fails here, before the server starts
+        elif not (db / "portrait.sqlite").exists():
+            raise StoreError(f"{str(db)!r} is a new database: pass --spec to serve it")
+        keys = KeyStore(db)
+        if not keys.stored():
+            secret, _ = keys.create(("admin",))
+            sys.stdout.write(f"admin API key (shown once; stored hashed in {keys.path}): "
+                             f"{secret}\n")
+            sys.stdout.flush()
+    except PortraitError as exc:
+        _fail(exc)
+    run(ServeSettings(db=db, spec=spec, host=host, port=port), access_log=access_log)
+
+
+keys_app = typer.Typer(help="API keys of portrait serve (scopes: ingest, read, admin)",
+                       no_args_is_help=True)
+
+
+@keys_app.command("create")
+def keys_create(
+    scope: Annotated[str, typer.Option(help="comma-separated: ingest, read, admin")] = "read",
+    db: Annotated[Path, typer.Option(help=DB_HELP)] = DEFAULT_DB,
+) -> None:
+    """Make a key and print it once (only its SHA-256 is stored)."""
+    from portrait.serve.keys import KeyStore, parse_scopes
+
+    try:
+        secret, key = KeyStore(db).create(parse_scopes(scope))
+    except PortraitError as exc:
+        _fail(exc)
+    err.print(f"key {key.key_id} with scopes {','.join(key.scopes)}: store it now, it is "
+              "not shown again", highlight=False)
+    sys.stdout.write(secret + "\n")
+
+
+@keys_app.command("list")
+def keys_list(db: Annotated[Path, typer.Option(help=DB_HELP)] = DEFAULT_DB) -> None:
+    """The keys (ids, scopes, creation times; never the keys themselves) as JSON."""
+    from portrait.serve.keys import KeyStore
+
+    try:
+        keys = KeyStore(db).stored()
+    except PortraitError as exc:
+        _fail(exc)
+    _emit([{"id": k.key_id, "scopes": list(k.scopes), "created": k.created} for k in keys])
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="the key's id (from keys list)")],
+    db: Annotated[Path, typer.Option(help=DB_HELP)] = DEFAULT_DB,
+) -> None:
+    """Remove a key; exits 1 if there is no key with that id."""
+    from portrait.serve.keys import KeyStore
+
+    try:
+        found = KeyStore(db).revoke(key_id)
+    except PortraitError as exc:
+        _fail(exc)
+    if not found:
+        sys.stderr.write(f"error: no API key with id {key_id!r}\n")
+        raise typer.Exit(1)
+
+
+app.add_typer(keys_app, name="keys")
+
+
 def _mount_datasets() -> None:
     from portrait.datasets.cli import app as datasets_app
 

@@ -103,3 +103,56 @@ class UnknownFeatureError(PortraitError):
 
 class UnknownTargetError(UnknownFeatureError, UnknownSegmentError):
     """An ``explain`` target that is neither a feature nor a segment of the spec."""
+
+
+class BadRequestError(PortraitError):
+    """An HTTP request that cannot be used: malformed JSON, a body of the wrong shape."""
+
+    http_status = 400
+    exit_code = 2
+
+
+class UnprocessableRequestError(BadRequestError):
+    """Well-formed JSON of the wrong shape (not an event object or ``{"events": [...]}``)."""
+
+    http_status = 422
+
+
+class PayloadTooLargeError(BadRequestError):
+    """A request body or batch above the server's limits (bytes or events)."""
+
+    http_status = 413
+
+
+class AuthenticationError(PortraitError):
+    """No API key, or one the server does not know."""
+
+    http_status = 401
+    exit_code = 2
+
+
+class PermissionDeniedError(PortraitError):
+    """A known API key without the scope the request needs."""
+
+    http_status = 403
+    exit_code = 2
+
+
+class NotFoundError(PortraitError):
+    """A route, or a file behind a route (an audience export), that does not exist."""
+
+    http_status = 404
+    exit_code = 1
+
+
+class ModelNotReadyError(UsageError):
+    """A model-backed answer before the model was trained (``portrait models train``)."""
+
+    http_status = 409
+
+
+class UnavailableError(PortraitError):
+    """The service cannot take the request now (ingest queue full, writer stopped)."""
+
+    http_status = 503
+    exit_code = 2

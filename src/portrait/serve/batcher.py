@@ -1,0 +1,226 @@
+"""The micro-batcher: one writer thread owns the Engine and commits posted events in groups.
+
+Requests validate their events in their own threads and :meth:`submit` them;
+the writer takes the first waiting submission, keeps taking more until
+``flush_events`` events are gathered or ``flush_ms`` have passed since that
+first one arrived, and commits them all with one
+:meth:`~portrait.engine.engine.Engine.ingest_events` (one durable store
+commit). Under load, submissions that arrive during a commit are all taken by
+the next one (group commit), so the commit cost is shared.
+
+Each submission gets a future resolved after the commit with the status of
+each of its events: ``accepted``, or ``duplicate`` (its ``event_id`` was
+already stored, or came earlier in the same group: the first copy wins, as in
+the engine). Dead letters of the group are committed with it; their ``line``
+is their position in the group (unique within the commit, as the store
+requires).
+
+If a commit fails the writer stops taking events (the engine's in-memory
+caches may no longer match the store): every waiting request gets a 503 and
+``/healthz`` says so; restarting the server recovers from the store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from portrait.engine.engine import Engine
+from portrait.errors import UnavailableError
+from portrait.events.schema import DeadLetter, empty_events
+
+ACCEPTED, DUPLICATE = "accepted", "duplicate"
+
+
+@dataclass
+class Committed:
+    """What a submission learns after its group was committed."""
+
+    statuses: list[str]  # one per submitted event, in order
+    watermark: int | None
+
+
+@dataclass
+class Ticket:
+    events: pl.DataFrame
+    rejects: list[DeadLetter]
+    received: float = field(default_factory=time.perf_counter)
+    future: Future[Committed] = field(default_factory=Future)
+
+    @property
+    def size(self) -> int:
+        return self.events.height + len(self.rejects)
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """One commit, for the metrics."""
+
+    accepted: int
+    duplicates: int
+    rejected: int
+    commit_s: float
+    lags_s: list[float]  # per submission: arrival -> committed
+    watermark: int | None
+
+
+_STOP = object()
+
+
+class MicroBatcher:
+    """See the module docstring. ``start()`` once, ``stop()`` at shutdown (drains the queue)."""
+
+    def __init__(self, open_engine: Callable[[], Engine], *, flush_events: int = 20_000,
+                 flush_ms: float = 5.0, max_queued: int = 1_000_000,
+                 on_commit: Callable[[GroupStats], None] | None = None) -> None:
+        self._open_engine = open_engine
+        self._engine: Engine | None = None
+        self._ready = threading.Event()
+        self.flush_events = flush_events
+        self.flush_s = flush_ms / 1000.0
+        self.max_queued = max_queued
+        self.on_commit = on_commit
+        self.failure: BaseException | None = None
+        self._queue: queue.Queue[object] = queue.Queue()
+        self._lock = threading.Lock()
+        self._queued = 0
+        self._thread = threading.Thread(target=self._run, name="portrait-writer", daemon=True)
+
+    @property
+    def queued(self) -> int:
+        """Events (and rejects) submitted but not yet committed."""
+        return self._queued
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and self.failure is None
+
+    @property
+    def engine(self) -> Engine:
+        """The writer's engine (only the writer thread may use it)."""
+        if self._engine is None:
+            raise UnavailableError("the ingest writer has not started")
+        return self._engine
+
+    def start(self) -> None:
+        """Start the writer thread; it opens the engine (the store's single writer lock).
+
+        SQLite connections belong to their thread, so the writer opens, uses
+        and closes its store in its own thread. Raises what opening raised.
+        """
+        self._thread.start()
+        self._ready.wait()
+        if self.failure is not None:
+            raise self.failure
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Commit what is queued, then end the writer thread (it closes the store)."""
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join(timeout)
+
+    def submit(self, events: pl.DataFrame, rejects: list[DeadLetter]) -> Future[Committed]:
+        """Queue validated events and their rejects; the future resolves after the commit."""
+        ticket = Ticket(events, rejects)
+        with self._lock:
+            if not self.alive:
+                raise UnavailableError(f"the ingest writer has stopped: {self.failure!r}")
+            if self._queued + ticket.size > self.max_queued:
+                raise UnavailableError(
+                    f"ingest queue is full ({self._queued:,} events waiting); retry shortly"
+                )
+            self._queued += ticket.size
+        self._queue.put(ticket)
+        return ticket.future
+
+    # -- the writer thread ------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self._engine = self._open_engine()
+        except BaseException as exc:
+            self.failure = exc
+            return
+        finally:
+            self._ready.set()
+        try:
+            self._loop()
+        finally:
+            self._engine.store.close()
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            assert isinstance(first, Ticket)
+            group, stop = self._gather(first)
+            self._commit(group)
+            if stop:
+                return
+
+    def _gather(self, first: Ticket) -> tuple[list[Ticket], bool]:
+        group, size = [first], first.size
+        deadline = first.received + self.flush_s
+        while size < self.flush_events:
+            wait = deadline - time.perf_counter()
+            try:
+                item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return group, True
+            assert isinstance(item, Ticket)
+            group.append(item)
+            size += item.size
+        return group, False
+
+    def _commit(self, group: list[Ticket]) -> None:
+        started = time.perf_counter()
+        try:
+            if self.failure is not None:
+                raise UnavailableError(f"the ingest writer has stopped: {self.failure!r}")
+            frames = [t.events for t in group if t.events.height]
+            events = pl.concat(frames, how="vertical_relaxed") if frames else empty_events()
+            rejects = _renumber(group)
+            ids = events["event_id"]
+            fresh = ids.is_first_distinct() & ~self.engine.store.seen(ids)
+            accepted, dups = self.engine.ingest_events(events, rejects)
+        except BaseException as exc:
+            self.failure = self.failure or exc
+            for t in group:
+                t.future.set_exception(UnavailableError(f"commit failed: {exc!r}"))
+            self._release(group)
+            return
+        done = time.perf_counter()
+        statuses = [ACCEPTED if f else DUPLICATE for f in fresh.to_list()]
+        wm = self.engine.watermark
+        start = 0
+        for t in group:
+            mine = statuses[start:start + t.events.height]
+            start += t.events.height
+            t.future.set_result(Committed(mine, wm))
+        self._release(group)
+        if self.on_commit is not None:
+            self.on_commit(GroupStats(accepted, dups, len(rejects), done - started,
+                                      [done - t.received for t in group], wm))
+
+    def _release(self, group: list[Ticket]) -> None:
+        with self._lock:
+            self._queued -= sum(t.size for t in group)
+
+
+def _renumber(group: list[Ticket]) -> list[DeadLetter]:
+    """Dead letters with ``line`` = position in the group (unique within one commit)."""
+    out: list[DeadLetter] = []
+    offset = 0
+    for t in group:
+        out.extend(dataclasses.replace(d, line=offset + d.line) for d in t.rejects)
+        offset += t.size
+    return out

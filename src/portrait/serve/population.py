@@ -1,0 +1,125 @@
+"""Many users: segments, their members and change logs, audiences (+ exports), drift."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import FileResponse
+
+from portrait.audience import export as write_export
+from portrait.engine.engine import Engine
+from portrait.errors import NotFoundError
+from portrait.serve import queries
+from portrait.serve.auth import Read
+from portrait.serve.problems import PROBLEM_RESPONSES
+from portrait.serve.responses import JSON
+from portrait.serve.schemas import (
+    Audience,
+    AudienceIn,
+    Drift,
+    Members,
+    SegmentChanges,
+    Segments,
+)
+from portrait.serve.state import server
+from portrait.timeutil import format_us
+
+router = APIRouter(tags=["population"], responses=PROBLEM_RESPONSES)
+AT = Query(description="as of this time: RFC 3339 with an offset, a date, or epoch s/ms")
+EXPORT_NAME = re.compile(r"^audience-\d{8}T\d{6}Z-[0-9a-f]{8}\.(csv|parquet)$")
+MAX_INT = 2**53  # offsets and cursors: exact in JSON everywhere
+MEDIA = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
+
+
+@router.get("/v1/segments", response_model=Segments, summary="Segments: rules and sizes")
+def get_segments(request: Request, _key: Read) -> JSON:
+    readers = server(request).readers
+    return JSON(readers.read(lambda e: queries.segments(readers, e)))
+
+
+@router.get("/v1/segments/{name}/members", response_model=Members,
+            summary="Members of a segment (paged, sorted)")
+def get_members(
+    request: Request,
+    name: str,
+    _key: Read,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    at: Annotated[str | None, AT] = None,
+) -> JSON:
+    readers = server(request).readers
+    at_us = queries.time_arg(at)
+    return JSON(readers.read(
+        lambda e: queries.members(readers, e, name, (offset, limit), at_us)))
+
+
+@router.get("/v1/segments/{name}/changes", response_model=SegmentChanges,
+            summary="Entries and exits of a segment (oldest first)")
+def get_changes(
+    request: Request,
+    name: str,
+    _key: Read,
+    user: Annotated[str | None, Query(description="only this user")] = None,
+    after: Annotated[int, Query(ge=0, le=MAX_INT,
+                                description="changes after this seq (cursor)")] = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> JSON:
+    readers = server(request).readers
+    return JSON(readers.read(lambda e: queries.changes(e, name, user, (after, limit))))
+
+
+@router.post("/v1/audiences", response_model=Audience, summary="Count (and export) an audience")
+def post_audience(request: Request, spec: AudienceIn, _key: Read) -> JSON:
+    """A targeting query over features and model outputs; ``export`` writes the members."""
+    st = server(request)
+    at_us = queries.time_arg(spec.at)
+
+    def run(engine: Engine) -> dict[str, Any]:
+        aud = queries.audience(st.readers, engine, spec.query, at_us)
+        as_of = engine.store.meta().watermark if at_us is None else at_us
+        return {"query": spec.query, "as_of": None if as_of is None else format_us(as_of),
+                "count": aud.count, "population": aud.population,
+                "export": None if spec.export is None else _export(st.settings.db, aud,
+                                                                    spec.export)}
+
+    return JSON(st.readers.read(run))
+
+
+def _export(db: Any, aud: Any, fmt: str) -> dict[str, Any]:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    name = f"audience-{stamp}-{secrets.token_hex(4)}.{fmt}"
+    path = write_export(aud, queries.export_dir(db) / name)
+    return {"format": fmt, "path": str(path), "url": f"/v1/exports/{name}", "rows": aud.count}
+
+
+@router.get(
+    "/v1/exports/{name}",
+    summary="Download an audience export",
+    response_class=FileResponse,
+    responses={200: {"content": {m: {"schema": {"type": "string", "format": "binary"}}
+                                 for m in MEDIA.values()},
+                     "description": "the exported file"}},
+)
+def get_export(request: Request, name: str, _key: Read) -> FileResponse:
+    path = queries.export_dir(server(request).settings.db) / name
+    if not EXPORT_NAME.match(name) or not path.is_file():
+        raise NotFoundError(f"no audience export named {name!r}")
+    return FileResponse(path, media_type=MEDIA[path.suffix[1:]], filename=name)
+
+
+@router.get("/v1/drift", response_model=Drift, summary="Population drift, shifts, bursts")
+def get_drift(
+    request: Request,
+    _key: Read,
+    ref: Annotated[str | None, Query(description="reference time (default: at - 30 days)")]
+    = None,
+    at: Annotated[str | None, AT] = None,
+    top: Annotated[int, Query(ge=1, le=1000)] = 10,
+) -> JSON:
+    readers = server(request).readers
+    ref_us, at_us = queries.time_arg(ref), queries.time_arg(at)
+    return JSON(readers.read(lambda e: queries.drift(e, ref_us, at_us, top)))

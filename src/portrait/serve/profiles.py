@@ -1,0 +1,76 @@
+"""One user: ``/v1/profiles/{user_id}`` (+ ``/history``) and ``/v1/recommendations/{user_id}``.
+
+A user id may hold any character, ``/`` included (percent-encode it). The
+history route is matched first, so the profile of a user whose id ends in
+``/history`` cannot be read here (its history can).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from portrait.engine.engine import Engine
+from portrait.serve import queries
+from portrait.serve.auth import Read
+from portrait.serve.problems import PROBLEM_RESPONSES
+from portrait.serve.responses import JSON
+from portrait.serve.schemas import History, Profile, Recommendations
+from portrait.serve.state import server
+
+router = APIRouter(tags=["profiles"], responses=PROBLEM_RESPONSES)
+AT = Query(description="as of this time: RFC 3339 with an offset, a date, or epoch s/ms")
+
+
+@router.get("/v1/profiles/{user_id:path}/history", response_model=History,
+            summary="Feature values over time")
+def get_history(
+    request: Request,
+    user_id: str,
+    _key: Read,
+    feature: Annotated[list[str] | None, Query(
+        description="feature name (repeat for several; default: all)")] = None,
+    points: Annotated[int, Query(ge=1, le=500, description="evenly spaced times")] = 20,
+) -> JSON:
+    """Values at ``points`` times from the user's first event to now (exact time travel)."""
+    readers = server(request).readers
+    return JSON(readers.read(
+        lambda e: queries.history(readers, e, user_id, feature or [], points)))
+
+
+@router.get("/v1/profiles/{user_id:path}", response_model=Profile, summary="A user's profile")
+def get_profile(
+    request: Request,
+    user_id: str,
+    _key: Read,
+    at: Annotated[str | None, AT] = None,
+    explain: Annotated[str | None, Query(
+        description="a feature, feature['key'] or segment: the events behind it")] = None,
+) -> JSON:
+    """The profile now (the watermark) or as of ``at``; ``models`` when models are trained."""
+    readers = server(request).readers
+    at_us = queries.time_arg(at)
+
+    def read(engine: Engine) -> dict[str, object]:
+        out = queries.profile(readers, engine, user_id, at_us)
+        if explain is not None:
+            out["explanation"] = queries.explanation(engine, user_id, explain, at_us)
+        return out
+
+    return JSON(readers.read(read))
+
+
+@router.get("/v1/recommendations/{user_id:path}", response_model=Recommendations,
+            summary="Top-k items with reasons")
+def get_recommendations(
+    request: Request,
+    user_id: str,
+    _key: Read,
+    k: Annotated[int, Query(ge=1, le=1000)] = 20,
+    diversity: Annotated[float, Query(ge=0.0, le=1.0, description="MMR: 0 = relevance")] = 0.0,
+) -> JSON:
+    """Folds the user's current events into the model (unknown users: cold start)."""
+    readers = server(request).readers
+    return JSON(readers.read(
+        lambda e: queries.recommendations(readers, e, user_id, k, diversity)))

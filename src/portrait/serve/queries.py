@@ -1,0 +1,214 @@
+"""The read side of the API as plain functions: an Engine (and caches) in, JSON dicts out.
+
+Each runs inside :meth:`~portrait.serve.readers.Readers.read` (one committed
+snapshot). They call the same engine and model-service functions as the CLI,
+so the API and ``portrait profile / segment / recommend / audience / drift``
+give the same answers.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from portrait.engine.engine import Engine
+from portrait.engine.output import feature_value
+from portrait.errors import UnknownFeatureError, UnknownSegmentError, UnknownUserError, UsageError
+from portrait.serve.readers import Readers
+from portrait.spec.rules import referenced_features
+from portrait.timeutil import format_us, parse_time_arg
+
+USER = "user_id"
+_YEAR4 = re.compile(r"^\d{4}-")
+
+
+def time_arg(text: str | None) -> int | None:
+    """A time parameter as epoch µs; a UsageError (400) when it cannot be read or shown."""
+    if text is None:
+        return None
+    at = parse_time_arg(text)
+    try:
+        shown = format_us(at)  # answers carry it as RFC 3339, which has 4-digit years
+    except (ValueError, OverflowError) as exc:
+        raise UsageError(f"time {text!r} is out of range (years 1000 to 9999)") from exc
+    if not _YEAR4.match(shown):
+        raise UsageError(f"time {text!r} is out of range (years 1000 to 9999)")
+    return at
+
+
+def profile(readers: Readers, engine: Engine, user_id: str, at: int | None) -> dict[str, Any]:
+    """The profile (DESIGN.md contract) plus ``models`` when models are trained (cached)."""
+    stamp = readers.models_stamp(engine)
+    key = ("profile", user_id, at, readers.version(engine), stamp)
+
+    def make() -> dict[str, Any]:
+        out = engine.profile(user_id, at)
+        if stamp:
+            from portrait.models import service
+
+            out["models"] = service.user_outputs(engine, user_id, at)
+        return out
+
+    return dict(readers.cached(key, make))
+
+
+def explanation(engine: Engine, user_id: str, target: str, at: int | None) -> dict[str, Any]:
+    from portrait.models.explain import explain
+
+    return explain(engine, user_id, target, at=at)
+
+
+def _times(first: int, end: int, points: int) -> list[int]:
+    """``points`` times evenly spaced from ``first`` to ``end`` (both included).
+
+    One point (``end``) when ``points`` is 1 or the user's first event is the watermark.
+    """
+    if points == 1 or end <= first:
+        return [end]
+    return [first + round(i * (end - first) / (points - 1)) for i in range(points)]
+
+
+def history(readers: Readers, engine: Engine, user_id: str, names: list[str], points: int
+            ) -> dict[str, Any]:
+    """:func:`user_history`, cached per data version."""
+    key = ("history", user_id, tuple(names), points, readers.version(engine))
+    return readers.cached(key, lambda: user_history(engine, user_id, names, points))
+
+
+def user_history(engine: Engine, user_id: str, names: list[str], points: int
+                 ) -> dict[str, Any]:
+    """Feature values at ``points`` times from the user's first event to the watermark.
+
+    Exact time travel, as :meth:`Engine.read_at` does it, but the user's
+    events are read once: the state at ``t`` is the partial aggregate of the
+    events with ``ts <= t``; at the watermark it is the stored state.
+    """
+    specs = engine.spec.features
+    unknown = [n for n in names if n not in specs]
+    if unknown:
+        raise UnknownFeatureError(
+            f"unknown feature {unknown[0]!r} (features: {', '.join(specs) or 'none'})"
+        )
+    names = names or list(specs)
+    events = engine.store.events([user_id])
+    wm = engine.store.meta().watermark
+    if wm is None or events.height == 0:
+        raise UnknownUserError(f"unknown user {user_id!r}")
+    first = events["ts"].min()
+    assert isinstance(first, int)
+    out = []
+    for t in _times(first, wm, points):
+        row = _values_at(engine, user_id, events, t, wm)
+        out.append({"at": format_us(t),
+                    "values": {n: feature_value(specs[n], row.get(n)) for n in names}})
+    return {"user_id": user_id, "start": format_us(first), "end": format_us(wm),
+            "features": names, "points": out}
+
+
+def _values_at(engine: Engine, user_id: str, events: pl.DataFrame, t: int, wm: int
+               ) -> dict[str, Any]:
+    if t >= wm:
+        frame = engine.read_at(None, [user_id])
+    else:
+        agg = engine.agg
+        log = events.filter(pl.col("ts") <= t)
+        states = agg.partial(log) if log.height else agg.empty()
+        present = pl.DataFrame({USER: [user_id]}, schema={USER: pl.String})
+        frame = agg.read(agg.conform(present.join(states, on=USER, how="left")), t)
+    if frame.height == 0:
+        raise UnknownUserError(f"unknown user {user_id!r}")
+    return frame.row(0, named=True)
+
+
+def recommendations(readers: Readers, engine: Engine, user_id: str, k: int,
+                    diversity: float) -> dict[str, Any]:
+    from portrait.models import service
+
+    rec = readers.recommender(engine)
+    recs = service.recommend(engine, user_id, k, diversity=diversity, rec=rec)
+    return service.recommendations_json(user_id, recs, as_of=engine.store.meta().watermark)
+
+
+def segments(readers: Readers, engine: Engine) -> dict[str, Any]:
+    pop = readers.population(engine)
+    sizes = {name: int(pop.flags[name].sum()) for name in engine.spec.segments}
+    wm = pop.version[0]
+    return {
+        "as_of": None if wm is None else format_us(wm),
+        "population": pop.values.height,
+        "segments": [
+            {"name": name, "rule": seg.text, "features": sorted(referenced_features(seg.rule)),
+             "size": sizes[name]}
+            for name, seg in engine.spec.segments.items()
+        ],
+    }
+
+
+def _check_segment(engine: Engine, name: str) -> None:
+    if name not in engine.spec.segments:
+        known = ", ".join(engine.spec.segments) or "none"
+        raise UnknownSegmentError(f"unknown segment {name!r} (defined: {known})")
+
+
+def members(readers: Readers, engine: Engine, name: str, page: tuple[int, int],
+            at: int | None) -> dict[str, Any]:
+    """One page (``offset``, ``limit``) of the sorted members of segment ``name``."""
+    _check_segment(engine, name)
+    offset, limit = page
+    if at is None:
+        pop = readers.population(engine)
+        everyone = sorted(pop.flags.filter(pl.col(name))[USER].to_list())
+        as_of = pop.version[0]
+    else:
+        everyone = engine.segment_members(name, at)
+        as_of = at
+    return {"segment": name, "as_of": None if as_of is None else format_us(as_of),
+            "total": len(everyone), "offset": offset, "limit": limit,
+            "members": everyone[offset:offset + limit]}
+
+
+def changes(engine: Engine, name: str, user_id: str | None, page: tuple[int, int]
+            ) -> dict[str, Any]:
+    """The entry/exit log of a segment, oldest first, after change ``seq`` (a cursor)."""
+    _check_segment(engine, name)
+    after, limit = page
+    log = engine.store.segment_changes(user_id=user_id, segment=name)
+    log = log.filter(pl.col("seq") > after).head(limit + 1)
+    more = log.height > limit
+    log = log.head(limit)
+    rows = log.with_columns(pl.col("ts").map_elements(format_us, return_dtype=pl.String))
+    return {"segment": name, "changes": rows.to_dicts(),
+            "next_after": int(log["seq"][-1]) if more and log.height else None}
+
+
+def audience(readers: Readers, engine: Engine, query: str, at: int | None) -> Any:
+    """The :class:`~portrait.audience.Audience` of ``query`` at ``at`` (default: watermark)."""
+    from portrait.audience import select
+    from portrait.models import service
+
+    if at is None:
+        pop = readers.population(engine)
+        values, outputs = pop.values, readers.outputs(engine, pop)
+    else:
+        values = engine.read_at(at)
+        outputs = service.model_outputs(engine, values, at)
+    return select(values, query, dict(engine.spec.features), outputs)
+
+
+def drift(engine: Engine, ref: int | None, at: int | None, top: int) -> dict[str, Any]:
+    from portrait.models.drift import DAY_US, drift_report
+
+    wm = engine.store.meta().watermark
+    if wm is None and at is None:
+        raise UsageError("the database has no events yet: nothing to compare")
+    at_us = wm if at is None else at
+    assert at_us is not None
+    ref_us = at_us - 30 * DAY_US if ref is None else ref
+    return drift_report(engine, ref_us, at_us, top=top)
+
+
+def export_dir(db: Path) -> Path:
+    return db / "exports"

@@ -1,0 +1,172 @@
+"""Request and response shapes of the API (they make ``/openapi.json``).
+
+Times are RFC 3339 UTC strings. Profile ``features`` follow the profile
+contract of DESIGN.md (a keyed feature is an object key -> value). Handlers
+return these shapes already serialised (orjson), so the models document the
+API and the schema tests check that the documents hold.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from portrait.serve.settings import MAX_BATCH_EVENTS
+
+
+class EventIn(BaseModel):
+    """One event (the event contract v1). Bad events are rejected one by one, not the request."""
+
+    model_config = ConfigDict(extra="allow")
+
+    user_id: str
+    ts: str | float = Field(description="RFC 3339 with an offset, or epoch seconds / ms")
+    type: str
+    event_id: str | None = None
+    item_id: str | None = None
+    category: str | None = None
+    price: float | None = None
+    quantity: int | None = None
+    rating: float | None = None
+    text: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    attrs: dict[str, Any] | None = None
+
+
+class EventBatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[EventIn] = Field(max_length=MAX_BATCH_EVENTS)
+
+
+class EventResult(BaseModel):
+    index: int = Field(description="0-based position of the event in the request")
+    status: Literal["accepted", "duplicate", "rejected", "queued"]
+    event_id: str | None = None
+    reason: str | None = Field(None, description="why it was rejected; names the field")
+
+
+class IngestResult(BaseModel):
+    accepted: int
+    duplicates: int
+    rejected: int
+    queued: int = Field(description="events queued but not yet committed (async=1 only)")
+    durable: bool = Field(description="true when the events were committed before replying")
+    watermark: str | None
+    results: list[EventResult]
+
+
+class Profile(BaseModel):
+    user_id: str
+    as_of: str | None
+    features: dict[str, Any]
+    segments: list[str]
+    models: dict[str, Any] | None = None
+    explanation: dict[str, Any] | None = None
+
+
+class HistoryPoint(BaseModel):
+    at: str
+    values: dict[str, Any]
+
+
+class History(BaseModel):
+    user_id: str
+    start: str = Field(description="the user's first event")
+    end: str = Field(description="now: the watermark")
+    features: list[str]
+    points: list[HistoryPoint]
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    score: float
+    reason: str
+    sources: list[str]
+
+
+class Recommendations(BaseModel):
+    user_id: str
+    as_of: str | None
+    items: list[RecommendedItem]
+
+
+class SegmentInfo(BaseModel):
+    name: str
+    rule: str
+    features: list[str]
+    size: int
+
+
+class Segments(BaseModel):
+    as_of: str | None
+    population: int
+    segments: list[SegmentInfo]
+
+
+class Members(BaseModel):
+    segment: str
+    as_of: str | None
+    total: int
+    offset: int
+    limit: int
+    members: list[str]
+
+
+class SegmentChange(BaseModel):
+    seq: int
+    ts: str
+    user_id: str
+    segment: str
+    change: Literal["enter", "exit"]
+    cause: str
+
+
+class SegmentChanges(BaseModel):
+    segment: str
+    changes: list[SegmentChange]
+    next_after: int | None = Field(description="pass as ?after= for the next page; null at end")
+
+
+class AudienceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1, max_length=10_000,
+                       description="a rule over features and model outputs")
+    export: Literal["csv", "parquet"] | None = None
+    at: str | None = Field(None, description="as of this time (default: the watermark)")
+
+
+class ExportInfo(BaseModel):
+    format: Literal["csv", "parquet"]
+    path: str = Field(description="the file on the server")
+    url: str = Field(description="GET it (read scope) to download the file")
+    rows: int
+
+
+class Audience(BaseModel):
+    query: str
+    as_of: str | None
+    count: int
+    population: int
+    export: ExportInfo | None
+
+
+class Drift(BaseModel):
+    ref: str
+    at: str
+    population: list[dict[str, Any]]
+    interest_shift: list[dict[str, Any]]
+    bursts: list[dict[str, Any]]
+    burst_rule: dict[str, Any]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    writer: bool
+    queued: int
+    watermark: str | None
+    events: int
+    users: int

@@ -1,0 +1,32 @@
+"""Typed settings of the HTTP server (``portrait serve``).
+
+Defaults suit one machine: a writer that flushes after 5 ms or 20,000 events,
+bodies up to 32 MiB (10,000 events of ~3 KiB), and a cap on events queued
+but not yet committed so a burst cannot exhaust memory (past it, 503).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_BATCH_EVENTS = 10_000
+
+
+class ServeSettings(BaseModel):
+    """What a server needs; ``extra="forbid"`` so a misspelt option fails."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    db: Path
+    spec: Path | None = None  # only for a new database
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    flush_events: int = Field(default=20_000, ge=1)  # flush a micro-batch at this many events
+    flush_ms: float = Field(default=5.0, ge=0.0)  # ... or this long after its first event arrived
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    max_batch_events: int = Field(default=MAX_BATCH_EVENTS, ge=1)
+    max_queued_events: int = Field(default=1_000_000, ge=1)
+    catalog_ttl_s: float = Field(default=10.0, ge=0.0)  # recommendation popularity refresh
+    profile_cache: int = Field(default=10_000, ge=0)  # profile responses kept per data version

@@ -1,0 +1,90 @@
+"""What one running server holds: settings, keys, the writer (micro-batcher), readers, metrics.
+
+``open()`` (at startup) takes the database's single writer lock, stores the
+spec of a new database at once (so readers can open it before the first
+event), and starts the writer thread; ``close()`` (at shutdown) commits what
+is still queued and releases the lock.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.requests import HTTPConnection
+
+from portrait.engine.engine import Engine
+from portrait.errors import StoreError
+from portrait.serve.batcher import MicroBatcher
+from portrait.serve.keys import KeyStore
+from portrait.serve.metrics import Metrics
+from portrait.serve.readers import Readers
+from portrait.serve.settings import ServeSettings
+from portrait.spec.model import Spec
+
+
+class ServerState:
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.keys = KeyStore(settings.db)
+        self.readers = Readers(settings.db, profile_cache=settings.profile_cache,
+                               catalog_ttl_s=settings.catalog_ttl_s)
+        self.batcher: MicroBatcher | None = None
+        self.metrics = Metrics(lambda: float(self.batcher.queued if self.batcher else 0))
+
+    def open(self) -> None:
+        spec = None
+        if self.settings.spec is not None:
+            from portrait.spec.loader import load_spec
+
+            spec = load_spec(self.settings.spec)
+        db = self.settings.db
+        if spec is None and not (db / "portrait.sqlite").exists():
+            raise StoreError(f"{str(db)!r} is a new database: pass --spec to serve it")
+        self.batcher = MicroBatcher(
+            lambda: _writer_engine(db, spec), flush_events=self.settings.flush_events,
+            flush_ms=self.settings.flush_ms, max_queued=self.settings.max_queued_events,
+            on_commit=self.metrics.on_commit,
+        )
+        self.batcher.start()
+        _warm_imports()
+        wm = self.readers.read(lambda e: e.store.meta().watermark)
+        if wm is not None:
+            self.metrics.watermark.set(wm / 1e6)
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.stop()
+
+    def writer(self) -> MicroBatcher:
+        if self.batcher is None:
+            raise StoreError("the server has not started its writer")
+        return self.batcher
+
+
+def _warm_imports() -> None:
+    """Import the model libraries now, not in the first request that needs them (~2 s)."""
+    import portrait.audience
+    import portrait.models.drift
+    import portrait.models.explain
+    import portrait.models.service  # noqa: F401
+
+
+def _writer_engine(db: Path, spec: Spec | None) -> Engine:
+    """The writer's engine; a new database gets its spec at once, so readers can open it."""
+    from portrait.store import open_store
+
+    store = open_store(db, writer=True)
+    try:
+        if spec is not None and store.meta().spec_text is None:
+            store.set_spec(spec.text)
+        return Engine(spec, store)
+    except BaseException:
+        store.close()
+        raise
+
+
+def server(conn: HTTPConnection) -> ServerState:
+    """The state of the app serving ``conn``."""
+    st = conn.app.state.portrait
+    assert isinstance(st, ServerState)
+    return st
