@@ -126,6 +126,7 @@ def train(engine: Engine, *, horizon: str = "30d", seed: int = 0,
         out[CLUSTERS] = {"skipped": f"needs numeric features and >= {clusters} users"}
     out["seconds"] = round(time.perf_counter() - started, 3)
     summary = {**out, "accepted_events": engine.store.meta().accepted}
+    reg.root.mkdir(parents=True, exist_ok=True)  # nothing may have been saved
     tmp = reg.root / (TRAINED + ".tmp")
     tmp.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     tmp.replace(reg.root / TRAINED)
