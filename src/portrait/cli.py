@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from portrait.errors import PortraitError, SourceError, StoreError, UnknownSegmentError
+from portrait.errors import PortraitError, SourceError, StoreError
 from portrait.timeutil import format_us, parse_time_arg
 
 app = typer.Typer(
@@ -171,9 +171,7 @@ def segment(
     try:
         engine = _open_engine(db)
         if changes:
-            if name not in engine.spec.segments:
-                known = ", ".join(engine.spec.segments) or "none"
-                raise UnknownSegmentError(f"unknown segment {name!r} (defined: {known})")
+            engine.check_segment(name)
             log = engine.store.segment_changes(user_id=user, segment=name)
             for row in log.iter_rows(named=True):
                 row["ts"] = format_us(row["ts"])

@@ -377,10 +377,14 @@ class Engine:
         """Users in segment ``name`` as of ``at`` (sorted)."""
         return self._consistent(lambda: self._segment_members(name, at))
 
-    def _segment_members(self, name: str, at: int | None) -> list[str]:
+    def check_segment(self, name: str) -> None:
+        """:class:`UnknownSegmentError` unless the spec defines segment ``name``."""
         if name not in self.spec.segments:
             known = ", ".join(self.spec.segments) or "none"
             raise UnknownSegmentError(f"unknown segment {name!r} (defined: {known})")
+
+    def _segment_members(self, name: str, at: int | None) -> list[str]:
+        self.check_segment(name)
         values = self.read_at(at)
         seg = self.segments_frame(values)
         return sorted(seg.filter(pl.col(name))[USER].to_list())

@@ -36,7 +36,6 @@ consumptions up to ``T`` (:func:`product_ranking`).
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -50,14 +49,12 @@ from portrait.models.cf import ALSModel, ALSParams
 from portrait.recommend import Catalog, Recommender, RecommendParams, UserContext
 from portrait.recommend.catalog import MIN_SHARE_LONG, MIN_SHARE_SHORT, adaptive_start
 from portrait.recommend.core import POP_SD_FLOOR
+from portrait.recommend.tuning import best_weights
 from portrait.timeutil import parse_duration
 
 DAY_US = 86_400_000_000
 RETRAIN_LAG = "7d"
 POP_WINDOWS = ("7d", "30d")
-GRID_POP7 = (0.0, 2.0, 4.0, 8.0, 12.0, 20.0)
-GRID_POP30 = (0.0, 2.0, 4.0)
-GRID_AFF = (0.0, 0.5, 1.0, 2.0)
 FEATURES = ("als", "pop_7d", "pop_30d", "affinity")
 PRODUCT_K = 20
 # above any blend score: the product's top 20 rank first, the rest keep the blend order
@@ -79,12 +76,6 @@ class Signals:
 def _zrows(x: np.ndarray) -> np.ndarray:
     sd = x.std(axis=1, keepdims=True)
     out: np.ndarray = (x - x.mean(axis=1, keepdims=True)) / np.where(sd > 0, sd, 1.0)
-    return out
-
-
-def _z(v: np.ndarray) -> np.ndarray:
-    sd = v.std()
-    out: np.ndarray = (v - v.mean()) / (sd if sd > 0 else 1.0)
     return out
 
 
@@ -182,15 +173,9 @@ def recall20(scores: np.ndarray, truth: Any, exclude: Any) -> float:
 
 
 def choose_weights(sig: Signals, truth: Any, exclude: Any) -> tuple[tuple[float, ...], float]:
-    """The grid weights with the best recall@20 on a training cut (ties: first)."""
-    best: tuple[tuple[float, ...], float] | None = None
-    for w7, w30, wa in itertools.product(GRID_POP7, GRID_POP30, GRID_AFF):
-        w = (1.0, w7, w30, wa)
-        r = recall20(sig.score(w), truth, exclude)
-        if best is None or r > best[1]:
-            best = (w, r)
-    assert best is not None
-    return best
+    """The grid weights (``recommend.tuning``'s grid) with the best recall@20 on a
+    training cut (ties: first)."""
+    return best_weights(lambda w: recall20(sig.score(w), truth, exclude))
 
 
 def retrain_time(cut: int) -> int:

@@ -35,10 +35,25 @@ from portrait.models.cf import ALSModel, ALSParams, interactions
 from portrait.recommend.catalog import Catalog
 from portrait.recommend.core import Recommender, RecommendParams, UserContext
 
-GRID_SHORT = (0.0, 1.0, 2.0, 4.0, 8.0, 12.0)
+# The grid of (short popularity, long popularity, affinity) weights, ALS fixed at 1.
+# ``portrait eval`` searches the same grid (eval/recommender.py).
+GRID_SHORT = (0.0, 2.0, 4.0, 8.0, 12.0, 20.0)
 GRID_LONG = (0.0, 2.0, 4.0)
 GRID_AFF = (0.0, 0.5, 1.0, 2.0)
 K = 20
+Weights = tuple[float, float, float, float]
+
+
+def best_weights(recall: Callable[[Weights], float]) -> tuple[Weights, float]:
+    """The grid weights with the best ``recall(weights)`` (ties: the first in grid order)."""
+    best: tuple[Weights, float] | None = None
+    for ws, wl, wa in itertools.product(GRID_SHORT, GRID_LONG, GRID_AFF):
+        w = (1.0, ws, wl, wa)
+        r = recall(w)
+        if best is None or r > best[1]:
+            best = (w, r)
+    assert best is not None
+    return best
 
 
 @dataclass(frozen=True)
@@ -109,13 +124,7 @@ def tune(
     stack = np.stack(sig)  # users x items x 4
     for row, consumed in enumerate(masks):
         stack[row, consumed, :] = np.nan  # never ranked
-    best: tuple[tuple[float, float, float, float], float] | None = None
-    for ws, wl, wa in itertools.product(GRID_SHORT, GRID_LONG, GRID_AFF):
-        w = (1.0, ws, wl, wa)
-        r = _recall(stack, truths, w)
-        if best is None or r > best[1]:
-            best = (w, r)
-    assert best is not None
+    best = best_weights(lambda w: _recall(stack, truths, w))
     default = _recall(stack, truths, RecommendParams().learned_weights)
     return Tuned(best[0], best[1], len(sig), default)
 

@@ -19,6 +19,7 @@ from starlette.requests import Request
 
 from portrait.errors import BadRequestError, PayloadTooLargeError, UnprocessableRequestError
 from portrait.events.schema import DeadLetter
+from portrait.events.staging import json_type
 from portrait.events.validate import derive_event_ids, validate_records
 
 SOURCE = "api"
@@ -56,7 +57,7 @@ def parse_records(raw: bytes, max_events: int) -> list[object]:
         )
     if not isinstance(body, dict):
         raise UnprocessableRequestError(
-            f'expected one event object or {{"events": [...]}}, got a JSON {_kind(body)}'
+            f'expected one event object or {{"events": [...]}}, got a JSON {json_type(body)}'
         )
     if "events" not in body:
         return [body]
@@ -67,21 +68,11 @@ def parse_records(raw: bytes, max_events: int) -> list[object]:
         )
     events = body["events"]
     if not isinstance(events, list):
-        raise UnprocessableRequestError(f'"events" must be a list, got a JSON {_kind(events)}')
+        raise UnprocessableRequestError(f'"events" must be a list, got a JSON {json_type(events)}')
     if len(events) > max_events:
         raise PayloadTooLargeError(f"batch of {len(events):,} events is over the limit of "
                                    f"{max_events:,} per request; split it")
     return list(events)
-
-
-def _kind(v: object) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, int | float):
-        return "number"
-    return "string" if isinstance(v, str) else type(v).__name__
 
 
 class _Raws(Sequence[str]):

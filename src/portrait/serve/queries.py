@@ -16,7 +16,7 @@ import polars as pl
 
 from portrait.engine.engine import Engine
 from portrait.engine.output import feature_value
-from portrait.errors import UnknownFeatureError, UnknownSegmentError, UnknownUserError, UsageError
+from portrait.errors import UnknownFeatureError, UnknownUserError, UsageError
 from portrait.serve.readers import Readers
 from portrait.spec.rules import referenced_features
 from portrait.timeutil import format_us, parse_time_arg
@@ -147,16 +147,10 @@ def segments(readers: Readers, engine: Engine) -> dict[str, Any]:
     }
 
 
-def _check_segment(engine: Engine, name: str) -> None:
-    if name not in engine.spec.segments:
-        known = ", ".join(engine.spec.segments) or "none"
-        raise UnknownSegmentError(f"unknown segment {name!r} (defined: {known})")
-
-
 def members(readers: Readers, engine: Engine, name: str, page: tuple[int, int],
             at: int | None) -> dict[str, Any]:
     """One page (``offset``, ``limit``) of the sorted members of segment ``name``."""
-    _check_segment(engine, name)
+    engine.check_segment(name)
     offset, limit = page
     if at is None:
         pop = readers.population(engine)
@@ -173,10 +167,10 @@ def members(readers: Readers, engine: Engine, name: str, page: tuple[int, int],
 def changes(engine: Engine, name: str, user_id: str | None, page: tuple[int, int]
             ) -> dict[str, Any]:
     """The entry/exit log of a segment, oldest first, after change ``seq`` (a cursor)."""
-    _check_segment(engine, name)
+    engine.check_segment(name)
     after, limit = page
-    log = engine.store.segment_changes(user_id=user_id, segment=name)
-    log = log.filter(pl.col("seq") > after).head(limit + 1)
+    log = engine.store.segment_changes(user_id=user_id, segment=name, after=after,
+                                       limit=limit + 1)
     more = log.height > limit
     log = log.head(limit)
     rows = log.with_columns(pl.col("ts").map_elements(format_us, return_dtype=pl.String))

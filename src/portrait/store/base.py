@@ -115,9 +115,10 @@ class Store(Protocol):
         ...
 
     def segment_changes(
-        self, user_id: str | None = None, segment: str | None = None, limit: int | None = None
+        self, user_id: str | None = None, segment: str | None = None, *, after: int = 0,
+        limit: int | None = None,
     ) -> pl.DataFrame:
-        """The segment change log (``CHANGE_SCHEMA``), oldest first."""
+        """The segment change log (``CHANGE_SCHEMA``), oldest first, ``seq > after``."""
         ...
 
     def pinned(self) -> contextlib.AbstractContextManager[None]:

@@ -446,10 +446,12 @@ class EmbeddedStore:
         return pl.DataFrame(rows, schema=MEMBERSHIP_SCHEMA, orient="row")
 
     def segment_changes(
-        self, user_id: str | None = None, segment: str | None = None, limit: int | None = None
+        self, user_id: str | None = None, segment: str | None = None, *, after: int = 0,
+        limit: int | None = None,
     ) -> pl.DataFrame:
-        """The segment change log, oldest first (filtered by user / segment)."""
-        where, args = [], []
+        """The segment change log, oldest first (by user / segment; ``seq > after``)."""
+        where: list[str] = ["seq > ?"]
+        args: list[object] = [after]
         if user_id is not None:
             where.append("user_id = ?")
             args.append(user_id)
@@ -457,8 +459,7 @@ class EmbeddedStore:
             where.append("segment = ?")
             args.append(segment)
         sql = "SELECT seq, ts, user_id, segment, change, cause FROM segment_changes"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
