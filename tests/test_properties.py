@@ -464,6 +464,42 @@ def test_merge_laws(kind: str, data: st.DataObject) -> None:
         assert_same_values(read(whole), want, "read = reference")
 
 
+@settings(FAST, max_examples=max(FAST.max_examples // 2, 1))
+@given(case=specs_and_events(max_features=12, max_size=60), data=st.data())
+def test_one_row_read_equals_frame_read(case: tuple[Spec, list[Event]], data: st.DataObject
+                                        ) -> None:
+    """The serving path (``read_row``: plain Python over one state row) gives the
+    values of ``read`` (Polars over the frame), same types, for every feature
+    kind, windowed or not, at the watermark and later (the reads the server does)."""
+    from portrait.features import ProfileAggregator
+
+    spec, events = case
+    events = dedup(events)
+    agg = ProfileAggregator(spec)
+    if not events:
+        return
+    wm = max(e["ts"] for e in events)
+    cut = data.draw(st.integers(0, len(events)), "cut")
+    old = agg.partial(events_frame(events[:cut]), watermark=wm)
+    new = agg.partial(events_frame(events[cut:]), watermark=wm)
+    states = agg.prune(agg.merge_into(agg.conform(old), new, wm) if new.height else old, wm)
+    states = agg.conform(states)
+    rows = states.to_dicts()
+    for at in (wm, wm + 1, wm + data.draw(st.sampled_from((HOUR, 30 * HOUR, 90 * 24 * HOUR)))):
+        frame = agg.read(states, at).to_dicts()
+        for row, want in zip(rows, frame, strict=True):
+            got = agg.read_row(row, at)
+            for feature in spec.features.values():
+                name = feature.name
+                assert type(got[name]) is type(want[name]) or want[name] is None, (name, at)
+                from portrait.engine.output import feature_value
+
+                g, w = feature_value(feature, got[name]), feature_value(feature, want[name])
+                assert same_value(g, w), f"{name} at {at}: {g!r} != {w!r}"
+                if isinstance(w, dict):
+                    assert list(g) == list(w) or feature.kind == "decayed", name
+
+
 # --- 5. bounded state ------------------------------------------------------------------
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -153,6 +154,17 @@ class Aggregator(ABC):
     @abstractmethod
     def read(self, states: pl.DataFrame, at: int) -> pl.Series:
         """The value at ``at`` (epoch µs) for every row of ``states`` (nulls = identity)."""
+
+    # The one-user read path (serving): plain Python over one state row, no
+    # Polars plan per call. Must equal ``read`` of a one-row frame (the
+    # property tests compare them on random specs and events).
+    @abstractmethod
+    def read_row(self, row: Mapping[str, Any], at: int) -> Any:
+        """The value at ``at`` of one state row (``col(part)`` -> Python value, None = identity)."""
+
+    def read_entries(self, entries: list[dict[str, Any]], at: int) -> Any:
+        """The value of a set of raw, already selected events (windowed features read this)."""
+        raise NotImplementedError(f"{self.spec.kind} cannot be windowed")
 
 
 def old(column: str) -> pl.Expr:

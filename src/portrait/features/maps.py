@@ -16,6 +16,11 @@ Bounds (documented in docs/semantics.md):
 
 from __future__ import annotations
 
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
 import polars as pl
 
 from portrait.features import hll
@@ -109,6 +114,20 @@ class Distinct(Aggregator):
         est = [None if b is None else hll.estimate(hll.from_bytes(b)) for b in blobs.to_list()]
         return pl.Series(est, dtype=pl.Int64).fill_null(exact).alias(self.name)
 
+    def read_row(self, row: Mapping[str, Any], at: int) -> Any:
+        blob = row.get(self.col("hll"))
+        if blob is not None:
+            return hll.estimate(hll.from_bytes(blob))
+        return len(row.get(self.col("keys")) or ())
+
+    def read_entries(self, entries: list[dict[str, Any]], at: int) -> Any:
+        keys = {str(e[self.fname]) for e in entries}
+        if len(keys) <= DISTINCT_EXACT_LIMIT:
+            return len(keys)
+        # the sketch hashes Polars' text of a value: use the same cast
+        raw = pl.Series([e[self.fname] for e in entries]).cast(pl.String).unique().to_list()
+        return hll.estimate(hll.add(hll.empty(), raw))
+
 
 class TopK(Aggregator):
     """The k most frequent keys with their counts (ties broken by key order)."""
@@ -189,6 +208,14 @@ class TopK(Aggregator):
         )
         return _long_to_map(long, states.height, self.name)
 
+    def read_row(self, row: Mapping[str, Any], at: int) -> Any:
+        keys = row.get(self.col("keys")) or ()
+        counts = row.get(self.col("counts")) or ()
+        return _ranked(zip(keys, counts, strict=True), self.spec.k or 1, float)
+
+    def read_entries(self, entries: list[dict[str, Any]], at: int) -> Any:
+        return _ranked(Counter(e[self.kname] for e in entries).items(), self.spec.k or 1, float)
+
 
 def _long_to_map(long: pl.DataFrame, height: int, name: str) -> pl.Series:
     """(_row, key, value) rows -> a List(Struct(key, value)) series of ``height``."""
@@ -197,6 +224,15 @@ def _long_to_map(long: pl.DataFrame, height: int, name: str) -> pl.Series:
     out = rows.join(packed, on="_row", how="left", maintain_order="left")
     dtype = pl.List(pl.Struct({"key": pl.String(), "value": pl.Float64()}))
     return out[name].cast(dtype).fill_null(pl.lit([], dtype))
+
+
+def _ranked(pairs: Iterable[tuple[str | None, Any]], k: int | None,
+            cast: Callable[[Any], float]) -> list[dict[str, Any]]:
+    """``[{key, value}]`` by value descending then key (null keys dropped), at most ``k``."""
+    ranked = sorted(((-cast(v), key) for key, v in pairs if key is not None))
+    if k is not None:
+        ranked = ranked[:k]
+    return [{"key": key, "value": -neg} for neg, key in ranked]
 
 
 class Decayed(Aggregator):
@@ -370,3 +406,36 @@ class Decayed(Aggregator):
             .sort(["_row", "value", "key"], descending=[False, True, False])
         )
         return _long_to_map(long.select("_row", "key", "value"), states.height, self.name)
+
+    def _factor(self, ref: int, at: int) -> float:
+        return math.exp(float(ref - at) * (LN2 / self.half_life))
+
+    def read_row(self, row: Mapping[str, Any], at: int) -> Any:
+        ref = row.get(self.col("ref"))
+        if not self.keyed:
+            v = row.get(self.col("v"))
+            return 0.0 if v is None or ref is None else v * self._factor(ref, at)
+        if ref is None:
+            return []
+        f = self._factor(ref, at)
+        keys = row.get(self.col("keys")) or ()
+        vals = row.get(self.col("vals")) or ()
+        scaled = [(key, v * f) for key, v in zip(keys, vals, strict=True) if v is not None]
+        return _ranked([(key, v) for key, v in scaled if abs(v) >= DECAY_EPSILON], None, float)
+
+    def read_entries(self, entries: list[dict[str, Any]], at: int) -> Any:
+        if not entries:
+            return [] if self.keyed else 0.0
+        weights, default = dict(self.spec.weights), float(self.spec.default_weight)
+        ref = max(e["ts"] for e in entries)
+        if not self.keyed:
+            v = sum(weights.get(e["type"], default) * self._factor(e["ts"], ref) for e in entries)
+            return v * self._factor(ref, at)
+        sums: dict[str, float] = {}
+        for e in entries:
+            key = e[self.kname]
+            if key is not None:
+                c = weights.get(e["type"], default) * self._factor(e["ts"], ref)
+                sums[key] = sums.get(key, 0.0) + c
+        return self.read_row({self.col("ref"): ref, self.col("keys"): list(sums),
+                              self.col("vals"): list(sums.values())}, at)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import reduce
 from typing import TYPE_CHECKING, Any
 
@@ -162,3 +163,7 @@ class ProfileAggregator:
         """
         cols = [states[USER]] + [agg.read(states, at) for agg in self.aggs]
         return pl.DataFrame(cols)
+
+    def read_row(self, row: Mapping[str, Any], at: int) -> dict[str, Any]:
+        """One user's values at ``at`` from one state row (pure Python; equals ``read``)."""
+        return {agg.name: agg.read_row(row, at) for agg in self.aggs}

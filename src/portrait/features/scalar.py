@@ -7,6 +7,9 @@ aggregation, so merge laws hold by construction (up to float rounding for
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import polars as pl
 
 from portrait.events.schema import EVENT_SCHEMA
@@ -43,6 +46,12 @@ class Count(Aggregator):
     def read(self, states: pl.DataFrame, at: int) -> pl.Series:
         return states[self.col("n")].fill_null(0).alias(self.name)
 
+    def read_row(self, row: Mapping[str, Any], at: int) -> Any:
+        return row.get(self.col("n")) or 0
+
+    def read_entries(self, entries: list[dict[str, Any]], at: int) -> Any:
+        return len(entries)
+
 
 class Sum(Aggregator):
     """Sum of a numeric field (Int64 for ``quantity``, Float64 otherwise)."""
@@ -69,6 +78,17 @@ class Sum(Aggregator):
 
     def read(self, states: pl.DataFrame, at: int) -> pl.Series:
         return states[self.col("s")].fill_null(0).alias(self.name)
+
+    def _zero(self) -> int | float:
+        return 0 if self.parts["s"] == pl.Int64 else 0.0
+
+    def read_row(self, row: Mapping[str, Any], at: int) -> Any:
+        found = row.get(self.col("s"))
+        return self._zero() if found is None else found
+
+    def read_entries(self, entries: list[dict[str, Any]], at: int) -> Any:
+        cast = int if self.parts["s"] == pl.Int64 else float
+        return sum((cast(e[self.fname]) for e in entries), self._zero())
 
 
 class Avg(Aggregator):
@@ -105,6 +125,15 @@ class Avg(Aggregator):
         s = states[self.col("s")].fill_null(0.0)
         return (s / n.cast(pl.Float64)).fill_nan(None).alias(self.name)
 
+    def read_row(self, row: Mapping[str, Any], at: int) -> Any:
+        n = row.get(self.col("n")) or 0
+        return (row.get(self.col("s")) or 0.0) / n if n else None
+
+    def read_entries(self, entries: list[dict[str, Any]], at: int) -> Any:
+        if not entries:
+            return None
+        return sum(float(e[self.fname]) for e in entries) / len(entries)
+
 
 class Extremum(Aggregator):
     """``min`` or ``max`` of a numeric field; null when no event has it."""
@@ -133,6 +162,15 @@ class Extremum(Aggregator):
 
     def read(self, states: pl.DataFrame, at: int) -> pl.Series:
         return states[self.col("m")].alias(self.name)
+
+    def read_row(self, row: Mapping[str, Any], at: int) -> Any:
+        return row.get(self.col("m"))
+
+    def read_entries(self, entries: list[dict[str, Any]], at: int) -> Any:
+        values = [e[self.fname] for e in entries]
+        if not values:
+            return None
+        return max(values) if self.is_max else min(values)
 
 
 class FirstLast(Aggregator):
@@ -206,3 +244,12 @@ class FirstLast(Aggregator):
 
     def read(self, states: pl.DataFrame, at: int) -> pl.Series:
         return states[self.col("v")].alias(self.name)
+
+    def read_row(self, row: Mapping[str, Any], at: int) -> Any:
+        return row.get(self.col("v"))
+
+    def read_entries(self, entries: list[dict[str, Any]], at: int) -> Any:
+        if not entries:
+            return None
+        pick = max if self.is_last else min
+        return pick(entries, key=lambda e: (e["ts"], e["event_id"]))[self.fname]

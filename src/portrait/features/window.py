@@ -10,6 +10,9 @@ window. Reads before the watermark rebuild from the event log instead.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import polars as pl
 
 from portrait.events.schema import EVENT_SCHEMA
@@ -82,3 +85,10 @@ class Windowed(Aggregator):
             if col not in aligned.columns:
                 aligned = aligned.with_columns(pl.lit(None, dtype).alias(col))
         return self.inner.read(aligned, at).alias(self.name)
+
+    def read_row(self, row: Mapping[str, Any], at: int) -> Any:
+        low = at - self.window
+        inside = [e for e in row.get(self.col("e")) or () if e is not None and low < e["ts"] <= at]
+        if USER in (self.spec.field, self.spec.key):  # entries leave out the row's own key
+            inside = [{**e, USER: row.get(USER)} for e in inside]
+        return self.inner.read_entries(inside, at)
