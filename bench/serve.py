@@ -34,7 +34,9 @@ In one run it
      batches of 250 every 50 ms, sent on schedule whether or not the earlier
      ones were answered), a probe repeatedly posts ONE event of a brand-new
      user and then polls ``GET /v1/profiles/{that user}`` back to back until
-     it answers 200 (404 before the event is visible). Freshness = from just
+     it answers 200 (404 before the event is visible; 1 ms between polls, so
+     the poller measures to the millisecond without hogging the server's
+     GIL, which the writer thread needs). Freshness = from just
      before the POST is sent to the arrival of the first 200. Probes alternate
      ``?async=1`` (202 at once; visibility waits for the writer's commit) and
      sync (the POST itself waits for the commit; then one read).
@@ -82,6 +84,7 @@ SECTION = "## HTTP serving (`bench/serve.py`)"
 KEY_LINE = re.compile(r"admin API key .*: (prt_\S+)")
 GOAL_READ_P99_MS, GOAL_READ_RPS = 5.0, 2_000.0
 GOAL_INGEST_EPS, GOAL_FRESH_P99_MS = 20_000.0, 100.0
+POLL_S = 0.001  # between freshness polls: back-to-back 404s would starve the writer of the GIL
 LIVE_BASE = datetime(2024, 7, 1, 1, 0, 0, tzinfo=UTC).timestamp()  # after the synth watermark
 
 
@@ -105,6 +108,64 @@ def r3(x: float) -> float:
 # == load generator (a separate process) ==================================
 def live_ts(seconds: float) -> str:
     return datetime.fromtimestamp(LIVE_BASE + seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class RawHTTP(asyncio.Protocol):
+    """A minimal keep-alive HTTP/1.1 GET client on one connection (asyncio protocol).
+
+    httpx costs about 1 ms of client CPU per request, which on a 2-core
+    machine starves the server being measured; this costs a few µs. It reads
+    ``Content-Length`` bodies only (what the server sends for these routes).
+    """
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.transport: asyncio.Transport | None = None
+        self.head = b""
+
+    @classmethod
+    async def open(cls, url: str, key: str) -> RawHTTP:
+        host, port = url.removeprefix("http://").split(":")
+        loop = asyncio.get_running_loop()
+        _, proto = await loop.create_connection(cls, host, int(port))
+        proto.head = f"Host: {host}\r\nX-API-Key: {key}\r\n\r\n".encode()
+        return proto
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0 or self.waiter is None:
+            return
+        found = _CONTENT_LENGTH.search(self.buf, 0, end)
+        size = int(found[1]) if found else 0
+        if len(self.buf) < end + 4 + size:
+            return
+        status = int(self.buf[9:12])
+        body = bytes(self.buf[end + 4:end + 4 + size])
+        del self.buf[:end + 4 + size]
+        waiter, self.waiter = self.waiter, None
+        waiter.set_result((status, body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError(f"connection lost: {exc!r}"))
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        assert self.transport is not None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(b"GET " + path.encode() + b" HTTP/1.1\r\n" + self.head)
+        return await self.waiter
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+_CONTENT_LENGTH = re.compile(rb"(?i)content-length:\s*(\d+)")
 
 
 class Load:
@@ -147,30 +208,32 @@ class Load:
 
     async def closed_loop(self, path_of: Any, conns: int, seconds: float, key: str
                           ) -> dict[str, Any]:
-        """``conns`` workers each sending GETs back to back for ``seconds``."""
+        """``conns`` workers each sending GETs back to back for ``seconds`` (raw HTTP/1.1)."""
         lat: list[float] = []
         errors = 0
-        async with self.client(conns, key) as client:
-            # open every connection before the clock starts
-            await asyncio.gather(*(client.get("/healthz") for _ in range(conns)))
+        clients = [await RawHTTP.open(self.url, key) for _ in range(conns)]
+        try:
             cpu0 = self.cpu()
             t0 = time.perf_counter()
             deadline = t0 + seconds
 
-            async def worker() -> None:
+            async def worker(client: RawHTTP) -> None:
                 nonlocal errors
                 while True:
                     start = time.perf_counter()
                     if start >= deadline:
                         return
-                    r = await client.get(path_of())
+                    status, _ = await client.get(path_of())
                     lat.append(time.perf_counter() - start)
-                    if r.status_code != 200:
+                    if status != 200:
                         errors += 1
 
-            await asyncio.gather(*(worker() for _ in range(conns)))
+            await asyncio.gather(*(worker(c) for c in clients))
             wall = time.perf_counter() - t0
             cpu1 = self.cpu()
+        finally:
+            for c in clients:
+                c.close()
         ms = [x * 1000 for x in lat]
         return {"concurrency": conns, "seconds": r3(wall), "requests": len(ms),
                 "errors": errors, "rps": round(len(ms) / wall, 1),
@@ -259,9 +322,10 @@ class Load:
             n = 0
             while True:
                 n += 1
-                g = await reader.get(f"/v1/profiles/{user}")
-                if g.status_code == 200:
+                status, _ = await reader.get(f"/v1/profiles/{user}")
+                if status == 200:
                     break
+                await asyncio.sleep(POLL_S)
                 if time.perf_counter() - start > 10:
                     raise SystemExit(f"probe {user} not visible after 10 s")
             probes[mode].append(time.perf_counter() - start)
@@ -276,8 +340,8 @@ class Load:
         probes: dict[str, list[float]] = {"async": [], "sync": []}
         polls: list[int] = []
         ingest = self.client(16, cfg["ingest_key"])
-        reader = self.client(2, cfg["read_key"])
-        async with ingest, reader:
+        reader = await RawHTTP.open(self.url, cfg["read_key"])
+        async with ingest:
             await reader.get("/healthz")
             await ingest.get("/healthz")
             t0 = time.perf_counter()
@@ -308,6 +372,7 @@ class Load:
                 await asyncio.gather(*pending)
             wall = time.perf_counter() - t0
             cpu1 = self.cpu()
+        reader.close()
         a = [x * 1000 for x in probes["async"]]
         s = [x * 1000 for x in probes["sync"]]
         both = a + s
@@ -333,7 +398,12 @@ class Load:
 
 def loadgen_main(cfg_path: str) -> None:
     cfg = orjson.loads(Path(cfg_path).read_bytes())
-    result = asyncio.run(Load(cfg).run())
+    try:
+        import uvloop
+
+        result = uvloop.run(Load(cfg).run())
+    except ImportError:
+        result = asyncio.run(Load(cfg).run())
     print(orjson.dumps(result).decode(), flush=True)
 
 

@@ -6,6 +6,7 @@ are objects key -> value (in rank order), times are RFC 3339 UTC strings.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from portrait.timeutil import format_us
@@ -29,8 +30,8 @@ def feature_value(spec: FeatureSpec, value: Any) -> Any:
 def profile_json(
     user_id: str,
     as_of: int | None,
-    specs: dict[str, FeatureSpec],
-    row: dict[str, Any],
+    specs: Mapping[str, FeatureSpec],
+    row: Mapping[str, Any],
     segments: list[str],
 ) -> dict[str, Any]:
     return {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from functools import reduce
 from typing import TYPE_CHECKING, Any
 
@@ -155,13 +155,16 @@ class ProfileAggregator:
             states = agg.prune(states, watermark)
         return states
 
-    def read(self, states: pl.DataFrame, at: int) -> pl.DataFrame:
-        """``user_id`` + one column per feature: the values at ``at``.
+    def read(self, states: pl.DataFrame, at: int,
+             names: Collection[str] | None = None) -> pl.DataFrame:
+        """``user_id`` + one column per feature (or per feature in ``names``): the values
+        at ``at``.
 
         Keyed features (``top_k``, keyed ``decayed``) are
         ``List(Struct(key, value))`` columns, the shape the rule language reads.
         """
-        cols = [states[USER]] + [agg.read(states, at) for agg in self.aggs]
+        aggs = self.aggs if names is None else [a for a in self.aggs if a.name in names]
+        cols = [states[USER]] + [agg.read(states, at) for agg in aggs]
         return pl.DataFrame(cols)
 
     def read_row(self, row: Mapping[str, Any], at: int) -> dict[str, Any]:

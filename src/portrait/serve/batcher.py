@@ -15,6 +15,10 @@ the engine). Dead letters of the group are committed with it; their ``line``
 is their position in the group (unique within the commit, as the store
 requires).
 
+After each commit, and before any of its requests is answered, ``publish``
+hands the engine to the live view (:mod:`portrait.serve.live`), so a request
+answered 200 can read its own events at once.
+
 If a commit fails the writer stops taking events (the engine's in-memory
 caches may no longer match the store): every waiting request gets a 503 and
 ``/healthz`` says so; restarting the server recovers from the store.
@@ -79,7 +83,8 @@ class MicroBatcher:
 
     def __init__(self, open_engine: Callable[[], Engine], *, flush_events: int = 20_000,
                  flush_ms: float = 5.0, max_queued: int = 1_000_000,
-                 on_commit: Callable[[GroupStats], None] | None = None) -> None:
+                 on_commit: Callable[[GroupStats], None] | None = None,
+                 publish: Callable[[Engine], None] | None = None) -> None:
         self._open_engine = open_engine
         self._engine: Engine | None = None
         self._ready = threading.Event()
@@ -87,6 +92,7 @@ class MicroBatcher:
         self.flush_s = flush_ms / 1000.0
         self.max_queued = max_queued
         self.on_commit = on_commit
+        self.publish = publish  # writer thread: after opening and after each commit
         self.failure: BaseException | None = None
         self._queue: queue.Queue[object] = queue.Queue()
         self._lock = threading.Lock()
@@ -144,8 +150,12 @@ class MicroBatcher:
     def _run(self) -> None:
         try:
             self._engine = self._open_engine()
+            if self.publish is not None:
+                self.publish(self._engine)
         except BaseException as exc:
             self.failure = exc
+            if self._engine is not None:
+                self._engine.store.close()
             return
         finally:
             self._ready.set()
@@ -192,6 +202,8 @@ class MicroBatcher:
             ids = events["event_id"]
             fresh = ids.is_first_distinct() & ~self.engine.store.seen(ids)
             accepted, dups = self.engine.ingest_events(events, rejects)
+            if self.publish is not None:  # readers see the commit before anyone is answered
+                self.publish(self.engine)
         except BaseException as exc:
             self.failure = self.failure or exc
             for t in group:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
 
 from portrait.engine.engine import Engine
 from portrait.serve import queries
@@ -40,7 +41,7 @@ def get_history(
 
 
 @router.get("/v1/profiles/{user_id:path}", response_model=Profile, summary="A user's profile")
-def get_profile(
+async def get_profile(
     request: Request,
     user_id: str,
     _key: Read,
@@ -48,9 +49,19 @@ def get_profile(
     explain: Annotated[str | None, Query(
         description="a feature, feature['key'] or segment: the events behind it")] = None,
 ) -> JSON:
-    """The profile now (the watermark) or as of ``at``; ``models`` when models are trained."""
-    readers = server(request).readers
+    """The profile now (the watermark) or as of ``at``; ``models`` when models are trained.
+
+    At the watermark (or later) it is answered on the event loop from the
+    writer's live view (:mod:`portrait.serve.live`, tens of microseconds);
+    time travel, explanations and model outputs go to a worker thread.
+    """
+    st = server(request)
+    readers = st.readers
     at_us = queries.time_arg(at)
+    if explain is None and not readers.has_models():
+        out = st.live.profile(user_id, at_us)
+        if out is not None:
+            return JSON(out)
 
     def read(engine: Engine) -> dict[str, object]:
         out = queries.profile(readers, engine, user_id, at_us)
@@ -58,7 +69,7 @@ def get_profile(
             out["explanation"] = queries.explanation(engine, user_id, explain, at_us)
         return out
 
-    return JSON(readers.read(read))
+    return JSON(await run_in_threadpool(readers.read, read))
 
 
 @router.get("/v1/recommendations/{user_id:path}", response_model=Recommendations,

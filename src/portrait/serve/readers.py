@@ -102,9 +102,13 @@ class Readers:
         meta = engine.store.meta()
         return meta.watermark, meta.accepted
 
+    def has_models(self) -> bool:
+        """Whether a model was ever trained for this database (one stat call)."""
+        return (self.db / "models").is_dir()
+
     def models_stamp(self, engine: Engine) -> tuple[tuple[str, int | None], ...]:
         """The current version of every trained model (empty when none)."""
-        if not (self.db / "models").is_dir():
+        if not self.has_models():
             return ()
         from portrait.models import service
 

@@ -16,6 +16,7 @@ from portrait.engine.engine import Engine
 from portrait.errors import StoreError
 from portrait.serve.batcher import MicroBatcher
 from portrait.serve.keys import KeyStore
+from portrait.serve.live import Live
 from portrait.serve.metrics import Metrics
 from portrait.serve.readers import Readers
 from portrait.serve.settings import ServeSettings
@@ -28,6 +29,7 @@ class ServerState:
         self.keys = KeyStore(settings.db)
         self.readers = Readers(settings.db, profile_cache=settings.profile_cache,
                                catalog_ttl_s=settings.catalog_ttl_s)
+        self.live = Live(cache=settings.profile_cache)
         self.batcher: MicroBatcher | None = None
         self.metrics = Metrics(lambda: float(self.batcher.queued if self.batcher else 0))
 
@@ -43,7 +45,7 @@ class ServerState:
         self.batcher = MicroBatcher(
             lambda: _writer_engine(db, spec), flush_events=self.settings.flush_events,
             flush_ms=self.settings.flush_ms, max_queued=self.settings.max_queued_events,
-            on_commit=self.metrics.on_commit,
+            on_commit=self.metrics.on_commit, publish=self.live.publish,
         )
         self.batcher.start()
         _warm_imports()

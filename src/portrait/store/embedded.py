@@ -18,8 +18,9 @@ says exactly where to resume.
 **Concurrent readers.** Readers never lock: they read the manifest inside one
 SQLite read transaction (WAL allows that while a writer commits), then the
 immutable Parquet files it names. The current state of a user is its row in
-the newest state file that has one. Compaction merges state files (newest row
-per user wins) and small log files, then swaps the manifest atomically; a
+the newest state file that has one. Compaction merges runs of the newest
+state files (newest row per user wins) and of small log files, tiered so a
+small commit never rewrites every user, then swaps the manifest atomically; a
 reader that races with it retries on the new manifest.
 
 **Erasure-friendly.** Every data file and dead letter carries ``user_id``, so
@@ -244,10 +245,13 @@ class EmbeddedStore:
             raise StoreError("this store was opened read-only")
 
     # -- reads -----------------------------------------------------------
-    def states(self, user_ids: list[str] | None = None) -> pl.DataFrame:
-        def build(files: list[tuple[int, str]]) -> pl.DataFrame:
+    def states(self, user_ids: list[str] | None = None, *,
+               files: list[tuple[int, str]] | None = None) -> pl.DataFrame:
+        """Newest state row per user (of ``user_ids``), over all files or only ``files``."""
+
+        def build(found: list[tuple[int, str]]) -> pl.DataFrame:
             frames = []
-            for seq, name in reversed(files):
+            for seq, name in reversed(found if files is None else files):
                 lf = pl.scan_parquet(self.root / name)
                 if user_ids is not None:
                     lf = lf.filter(pl.col(USER).is_in(user_ids))
@@ -487,19 +491,32 @@ class EmbeddedStore:
 
     # -- compaction ------------------------------------------------------
     def _maybe_compact(self) -> None:
-        state_files = self._files("state")
+        """Tiered compaction: merge the newest files while they are small next to the rest.
+
+        When a kind has more than its limit of files, the newest files are
+        merged with older ones only while the older file is no larger than
+        everything newer than it put together, so a row is rewritten about
+        log2(rows) times over its life, not on every compaction, and a small
+        commit never pays for rewriting all users. Runs are always adjacent
+        in commit order (a state file's rows win over older files' rows).
+        """
+        state_files = self._file_rows("state")
         if len(state_files) > MAX_STATE_FILES:
-            merged = self.states()
-            self._replace("state", state_files, merged.sort(USER))
-        # Row counts come from the manifest: no file is opened per commit.
-        rows = self.db.execute(
-            "SELECT seq, name FROM files WHERE kind = 'log' AND rows < ? ORDER BY seq",
-            (SMALL_LOG_ROWS,),
-        ).fetchall()
-        small = [(int(seq), str(name)) for seq, name in rows]
+            run = _tail_run(state_files)
+            merged = self.states(files=run)
+            self._replace("state", run, merged.sort(USER))
+        small = [f for f in self._file_rows("log") if f[2] < SMALL_LOG_ROWS]
         if len(small) > MAX_SMALL_LOG_FILES:
-            frame = pl.read_parquet([self.root / n for _, n in small])
-            self._replace("log", small, frame)
+            run = _tail_run(small)
+            frame = pl.read_parquet([self.root / n for _, n in run])
+            self._replace("log", run, frame)
+
+    def _file_rows(self, kind: str) -> list[tuple[int, str, int]]:
+        """(seq, name, rows) of ``kind``'s files in commit order (from the manifest)."""
+        rows = self.db.execute(
+            "SELECT seq, name, rows FROM files WHERE kind = ? ORDER BY seq", (kind,)
+        ).fetchall()
+        return [(int(seq), str(name), int(n)) for seq, name, n in rows]
 
     def _replace(self, kind: str, old: list[tuple[int, str]], frame: pl.DataFrame) -> None:
         """Swap ``old`` files of ``kind`` for one file holding ``frame``, atomically."""
@@ -521,6 +538,17 @@ class EmbeddedStore:
         for _, n in old:
             with contextlib.suppress(FileNotFoundError):
                 (self.root / n).unlink()
+
+
+def _tail_run(files: list[tuple[int, str, int]]) -> list[tuple[int, str]]:
+    """The newest files to merge: at least two, extended to older files while each is no
+    larger than the rows of the files after it."""
+    start = len(files) - 2
+    total = files[-1][2] + files[-2][2]
+    while start > 0 and files[start - 1][2] <= total:
+        start -= 1
+        total += files[start][2]
+    return [(seq, name) for seq, name, _ in files[start:]]
 
 
 def _raw_user_id(raw: str) -> str | None:
