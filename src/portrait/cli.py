@@ -292,15 +292,22 @@ def demo(
     sample: Annotated[bool, typer.Option("--sample", help="the small toy shop instead")] = False,
     out: Annotated[Path, typer.Option(help="report directory")] = Path("portrait-report"),
     cache_dir: Annotated[Path | None, typer.Option(help="dataset cache")] = None,
+    *,
+    serve: Annotated[bool, typer.Option(
+        help="end with the dashboard serving the MovieLens-1M profiles (Ctrl-C stops)")] = True,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="dashboard port")] = 8000,
 ) -> None:
-    """The main job: MovieLens-1M through the engine, profiles, quick evaluation."""
-    from portrait.demo import run_demo, run_movielens_demo
+    """The main job: MovieLens-1M through the engine, profiles, evaluation, then the dashboard."""
+    from portrait.demo import run_demo, run_movielens_demo, serve_dashboard
 
     try:
         if sample:
             run_demo(db or Path("portrait-data/demo"))
         else:
-            run_movielens_demo(db or Path("portrait-data/movielens"), out, cache=cache_dir)
+            db = db or Path("portrait-data/movielens")
+            run_movielens_demo(db, out, cache=cache_dir)
+            if serve:
+                serve_dashboard(db, out, port=port)
     except PortraitError as exc:
         _fail(exc)
 
@@ -426,6 +433,10 @@ def serve(
     db: Annotated[Path, typer.Option(help=DB_HELP)] = DEFAULT_DB,
     spec: Annotated[Path | None, typer.Option(help="profile spec (needed for a new db)")] = None,
     access_log: Annotated[bool, typer.Option(help="log every request")] = False,
+    *,
+    report: Annotated[Path | None, typer.Option(
+        help="evaluation reports the dashboard shows (default: $PORTRAIT_REPORT or "
+             "./portrait-report)")] = None,
 ) -> None:
     """The HTTP API (docs/api.md); the first start makes and prints an admin API key."""
     from portrait.serve import ServeSettings, run
@@ -445,7 +456,8 @@ def serve(
             sys.stdout.flush()
     except PortraitError as exc:
         _fail(exc)
-    run(ServeSettings(db=db, spec=spec, host=host, port=port), access_log=access_log)
+    run(ServeSettings(db=db, spec=spec, host=host, port=port, report_dir=report),
+        access_log=access_log)
 
 
 keys_app = typer.Typer(help="API keys of portrait serve (scopes: ingest, read, admin)",

@@ -132,6 +132,12 @@ class Client:
             "GET", f"/v1/profiles/{quote(user_id, safe='')}/history", params=params)
         return result
 
+    def events(self, user_id: str, *, limit: int = 50) -> dict[str, Any]:
+        """The user's ``limit`` most recent logged events, newest first."""
+        result: dict[str, Any] = self._json(
+            "GET", f"/v1/profiles/{quote(user_id, safe='')}/events", params={"limit": limit})
+        return result
+
     def recommendations(self, user_id: str, *, k: int = 20,
                         diversity: float = 0.0) -> dict[str, Any]:
         result: dict[str, Any] = self._json(
@@ -181,6 +187,12 @@ class Client:
               top: int = 10) -> dict[str, Any]:
         result: dict[str, Any] = self._json(
             "GET", "/v1/drift", params=_params(ref=_time(ref), at=_time(at), top=top))
+        return result
+
+    def distribution(self, name: str, *, bins: int = 20) -> dict[str, Any]:
+        """The population's histogram and quantiles of one numeric feature (the watermark)."""
+        result: dict[str, Any] = self._json(
+            "GET", f"/v1/features/{quote(name, safe='')}/distribution", params={"bins": bins})
         return result
 
     # -- operations ---------------------------------------------------------

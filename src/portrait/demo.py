@@ -4,7 +4,10 @@
 replays its 2.1M events through the engine into an embedded store with a
 progress bar, shows real users' tastes evolving (top genres at three dates,
 read by time travel) and segment sizes, then runs the quick replay
-evaluation of MovieLens-1M and CDNOW and prints where the reports are.
+evaluation of MovieLens-1M and CDNOW and prints where the reports are;
+``serve_dashboard`` then serves the API and the dashboard on those profiles
+and reports (127.0.0.1, port 8000 or the next free one) with a fresh local
+read key, until Ctrl-C.
 
 ``run_demo`` (``portrait demo --sample``) is the toy shop shipped with the
 package: three files in arrival order — history, the newest day, then late
@@ -246,3 +249,28 @@ def _show_evolution(engine: Engine, events: pl.DataFrame, out: Console) -> None:
             table.add_row(row["user_id"], format_us(at)[:10], str(p["features"]["movies"]),
                           ", ".join(f"{k} {v:.1f}" for k, v in aff))
     out.print(table)
+
+
+def serve_dashboard(db: Path, report_dir: Path, *, port: int = 8000,
+                    console: Console | None = None) -> None:
+    """Serve the API + dashboard over ``db`` until interrupted; print the URL and a read key."""
+    import socket
+
+    from portrait.serve import ServeSettings, run
+    from portrait.serve.keys import KeyStore
+
+    out = console or Console()
+    host = "127.0.0.1"
+    with socket.socket() as probe:  # 8000 taken (another server)? the next free one
+        try:
+            probe.bind((host, port))
+        except OSError:
+            probe.bind((host, 0))
+        port = int(probe.getsockname()[1])
+    secret, key = KeyStore(db).create(("read",))
+    out.rule("[bold]the dashboard")
+    out.print(f"open [bold]http://{host}:{port}/[/] and paste this read key when asked "
+              f"(key {key.key_id}, stored hashed in the database):\n  {secret}")
+    out.print(f"API: curl -H 'X-API-Key: {secret}' http://{host}:{port}/v1/profiles/{DEMO_USER}")
+    out.print("Ctrl-C stops the server (`portrait demo --no-serve` skips this step).")
+    run(ServeSettings(db=db, host=host, port=port, report_dir=report_dir.resolve()))

@@ -5,7 +5,9 @@ report directory (``$PORTRAIT_REPORT``). What the page draws is compared with
 the engine in this process: the bars with the profile, the time-travel chart
 with ``Engine.profile(user, at)`` at each plotted time, the segment sizes
 over time with a replay of the change log, the PSI table with
-``drift_report``. Screenshots go to ``test-artifacts/dashboard/``.
+``drift_report``, the recent events with the store's log, the feature
+histograms with NumPy over ``Engine.read_at()``. Screenshots go to
+``test-artifacts/dashboard/``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
+import polars as pl
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from tests.eval.test_report import sample
@@ -154,6 +158,7 @@ def test_search_a_user_and_check_the_charts(page: Page, dash: Dash, engine: Engi
     page.screenshot(path=dash.shots / "user.png", full_page=True)
     check_other_feature(page, engine, want)
     check_changes_and_recommendations(page, engine, want)
+    check_recent_events(page, engine)
     follow_segment_then_member(page, dash, engine, want["segments"][0])
 
 
@@ -225,6 +230,54 @@ def check_changes_and_recommendations(page: Page, engine: Engine, want: dict[str
     assert [shown.nth(i).get_attribute("data-item") for i in range(shown.count())] == [
         i["item_id"] for i in wanted["items"]]
     assert all(r["reason"] for r in charts(page)["recommendations"])
+
+
+def check_recent_events(page: Page, engine: Engine) -> None:
+    # the user's newest logged events, newest first (event time, then id), as logged
+    log = engine.store.events([USER]).sort(["ts", "event_id"], descending=True).head(20)
+    want = log["event_id"].to_list()
+    assert [e["event_id"] for e in charts(page)["events"]] == want
+    rows = page.locator('[data-card="events"] tr[data-event-id]')
+    assert [rows.nth(i).get_attribute("data-event-id") for i in range(rows.count())] == want
+    first = log.row(0, named=True)
+    assert rows.first.get_attribute("data-type") == first["type"]
+    assert rows.first.locator("time").get_attribute("datetime") == format_us(first["ts"])
+    if first["item_id"] is not None:
+        expect(rows.first).to_contain_text(first["item_id"])
+
+
+def shown_histogram(page: Page, feature: str) -> list[int]:
+    bars = page.locator(f'[data-chart="distribution:{feature}"] .bar-row')
+    return [int(bars.nth(i).get_attribute("data-value") or -1) for i in range(bars.count())]
+
+
+def check_distributions(page: Page, dash: Dash, engine: Engine) -> None:
+    """The histogram drawn for a feature is the API's, which is NumPy's over the population."""
+    values = engine.read_at()
+    key = {"X-API-Key": dash.served.read}
+    first = next(f for f in engine.spec.features.values()
+                 if not f.keyed and f.value_type == "number")
+    for name in (first.name, "spend_total", "first_seen"):
+        if name != first.name:
+            page.select_option("#distribution-feature", name)
+            page.wait_for_selector(f'[data-chart="distribution:{name}"]')
+            expect(page.locator('[data-card="distribution"]')).to_have_attribute(
+                "data-state", "ready")
+        api = httpx.get(f"{dash.served.url}/v1/features/{name}/distribution?bins=20",
+                        headers=key).json()
+        got = charts(page)["distribution"]
+        assert got["feature"] == name
+        counts = [b["count"] for b in api["bins"]]
+        assert got["counts"] == counts
+        assert shown_histogram(page, name) == counts
+        column = values[name].cast(pl.Float64)
+        found = column.filter(column.is_finite()).to_numpy()
+        want, _ = np.histogram(found, bins=20, range=(found.min(), found.max()))
+        assert counts == want.tolist()
+        assert sum(counts) == api["users"] - api["nulls"] == found.size
+        widths = page.locator(f'[data-chart="distribution:{name}"] .bar-fill').evaluate_all(
+            "els => els.map(e => parseFloat(e.style.width))")
+        assert widths == pytest.approx([100 * c / max(counts) for c in counts], abs=0.01)
 
 
 def follow_segment_then_member(page: Page, dash: Dash, engine: Engine, segment: str) -> None:
@@ -300,6 +353,7 @@ def test_population_page_and_report(page: Page, dash: Dash, engine: Engine) -> N
     shift = page.locator('[data-card="drift"] tr[data-user]')
     assert [shift.nth(i).get_attribute("data-user") for i in range(shift.count())] == [
         r["user_id"] for r in report["interest_shift"]]
+    check_distributions(page, dash, engine)
     page.screenshot(path=dash.shots / "population.png", full_page=True)
 
     # the evaluation report, with its plots fetched through the API key

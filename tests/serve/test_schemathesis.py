@@ -1,9 +1,9 @@
 """Property-based API tests from /openapi.json (schemathesis), against a real server.
 
 Every operation gets a few generated requests, valid (positive) and invalid
-(negative), sent with an admin key; operations with a user or segment in
-their path also get valid requests for a user and a segment that exist, to
-reach past the 404. No response may be a 500, and each must match its
+(negative), sent with an admin key; operations with a user, segment or
+feature in their path also get valid requests for one that exists, to reach
+past the 404. No response may be a 500, and each must match its
 documented status codes, content type and schema. Bounded: a few examples
 per operation and mode, no shrinking. The server has its own copy of the
 seeded database, as generated events (with any timestamps) change it.
@@ -31,6 +31,7 @@ MAX_EXAMPLES = 5
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
 KNOWN = {"user_id": "u001", "name": "big_spender"}  # in the seeded database
+KNOWN_FEATURE = {"name": "spend_total"}  # for /v1/features/{name}/...
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +46,9 @@ def _variants(operation: Any) -> list[tuple[GenerationMode, dict[str, str] | Non
     out: list[tuple[GenerationMode, dict[str, str] | None]] = [(GenerationMode.POSITIVE, None)]
     if has_input:
         out.append((GenerationMode.NEGATIVE, None))
-    if names and names <= set(KNOWN) and "/exports/" not in operation.path:
-        out.append((GenerationMode.POSITIVE, {n: KNOWN[n] for n in names}))
+    known = {**KNOWN, **KNOWN_FEATURE} if "/features/" in operation.path else KNOWN
+    if names and names <= set(known) and "/exports/" not in operation.path:
+        out.append((GenerationMode.POSITIVE, {n: known[n] for n in names}))
     return out
 
 
@@ -64,7 +66,7 @@ def test_api_conforms(fuzzed: Served) -> None:
     # Driven by hand: schemathesis' lazy pytest loader does not run under pytest 9.
     schema = schemathesis.openapi.from_url(f"{fuzzed.url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 12
+    assert len(operations) == 14
     for operation in operations:
         for mode, path in _variants(operation):
             _check(operation, mode, path, fuzzed.admin)

@@ -42,7 +42,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.state.portrait = state
     for module in (ingest, profiles, population, ops):
         app.include_router(module.router)
-    dashboard.mount_dashboard(app)
+    dashboard.mount_dashboard(app, settings.report_dir)
     problems.install(app)
     app.add_middleware(LatencyMiddleware, metrics=state.metrics)
     app.add_middleware(problems.CatchAll)  # outside the timing: a 500 is timed too

@@ -1,4 +1,4 @@
-"""Many users: segments, their members and change logs, audiences (+ exports), drift."""
+"""Many users: segments, members, change logs, audiences (+ exports), drift, distributions."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from portrait.serve.responses import JSON
 from portrait.serve.schemas import (
     Audience,
     AudienceIn,
+    Distribution,
     Drift,
     Members,
     SegmentChanges,
@@ -123,3 +124,16 @@ def get_drift(
     readers = server(request).readers
     ref_us, at_us = queries.time_arg(ref), queries.time_arg(at)
     return JSON(readers.read(lambda e: queries.drift(e, ref_us, at_us, top)))
+
+
+@router.get("/v1/features/{name}/distribution", response_model=Distribution,
+            summary="The population's distribution of one numeric feature")
+def get_distribution(
+    request: Request,
+    name: str,
+    _key: Read,
+    bins: Annotated[int, Query(ge=1, le=1000, description="equal-width bins")] = 20,
+) -> JSON:
+    """Histogram and quantiles at the watermark; 400 for a keyed or string feature."""
+    readers = server(request).readers
+    return JSON(readers.read(lambda e: queries.distribution(readers, e, name, bins)))

@@ -1,8 +1,9 @@
-"""One user: ``/v1/profiles/{user_id}`` (+ ``/history``) and ``/v1/recommendations/{user_id}``.
+"""One user: ``/v1/profiles/{user_id}`` (+ ``/history``, ``/events``) and recommendations.
 
 A user id may hold any character, ``/`` included (percent-encode it). The
-history route is matched first, so the profile of a user whose id ends in
-``/history`` cannot be read here (its history can).
+history and events routes are matched first, so the profile of a user whose
+id ends in ``/history`` or ``/events`` cannot be read here (its history and
+events can).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from portrait.serve import queries
 from portrait.serve.auth import Read
 from portrait.serve.problems import PROBLEM_RESPONSES
 from portrait.serve.responses import JSON
-from portrait.serve.schemas import History, Profile, Recommendations
+from portrait.serve.schemas import History, Profile, Recommendations, UserEvents
 from portrait.serve.state import server
 
 router = APIRouter(tags=["profiles"], responses=PROBLEM_RESPONSES)
@@ -38,6 +39,19 @@ def get_history(
     readers = server(request).readers
     return JSON(readers.read(
         lambda e: queries.history(readers, e, user_id, feature or [], points)))
+
+
+@router.get("/v1/profiles/{user_id:path}/events", response_model=UserEvents,
+            summary="A user's most recent events")
+def get_events(
+    request: Request,
+    user_id: str,
+    _key: Read,
+    limit: Annotated[int, Query(ge=1, le=1000, description="at most this many events")] = 50,
+) -> JSON:
+    """The user's logged events, newest first (non-null fields only)."""
+    readers = server(request).readers
+    return JSON(readers.read(lambda e: queries.events(readers, e, user_id, limit)))
 
 
 @router.get("/v1/profiles/{user_id:path}", response_model=Profile, summary="A user's profile")

@@ -12,16 +12,23 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import orjson
 import polars as pl
 
 from portrait.engine.engine import Engine
 from portrait.engine.output import feature_value
 from portrait.errors import UnknownFeatureError, UnknownUserError, UsageError
+from portrait.events.schema import EVENT_COLUMNS
+from portrait.serve.dashboard import json_type
 from portrait.serve.readers import Readers
+from portrait.spec.model import FeatureSpec
 from portrait.spec.rules import referenced_features
 from portrait.timeutil import format_us, parse_time_arg
 
 USER = "user_id"
+EVENT_FIELDS = tuple(c for c in EVENT_COLUMNS if c != USER)  # one logged event, as JSON
+QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 _YEAR4 = re.compile(r"^\d{4}-")
 
 
@@ -78,6 +85,15 @@ def history(readers: Readers, engine: Engine, user_id: str, names: list[str], po
     return readers.cached(key, lambda: user_history(engine, user_id, names, points))
 
 
+def _check_features(engine: Engine, names: list[str]) -> None:
+    specs = engine.spec.features
+    unknown = [n for n in names if n not in specs]
+    if unknown:
+        raise UnknownFeatureError(
+            f"unknown feature {unknown[0]!r} (features: {', '.join(specs) or 'none'})"
+        )
+
+
 def user_history(engine: Engine, user_id: str, names: list[str], points: int
                  ) -> dict[str, Any]:
     """Feature values at ``points`` times from the user's first event to the watermark.
@@ -87,11 +103,7 @@ def user_history(engine: Engine, user_id: str, names: list[str], points: int
     events with ``ts <= t``; at the watermark it is the stored state.
     """
     specs = engine.spec.features
-    unknown = [n for n in names if n not in specs]
-    if unknown:
-        raise UnknownFeatureError(
-            f"unknown feature {unknown[0]!r} (features: {', '.join(specs) or 'none'})"
-        )
+    _check_features(engine, names)
     names = names or list(specs)
     events = engine.store.events([user_id])
     wm = engine.store.meta().watermark
@@ -121,6 +133,34 @@ def _values_at(engine: Engine, user_id: str, events: pl.DataFrame, t: int, wm: i
     if frame.height == 0:
         raise UnknownUserError(f"unknown user {user_id!r}")
     return frame.row(0, named=True)
+
+
+def events(readers: Readers, engine: Engine, user_id: str, limit: int) -> dict[str, Any]:
+    """:func:`recent_events`, cached per data version."""
+    key = ("events", user_id, limit, readers.version(engine))
+    return readers.cached(key, lambda: recent_events(engine, user_id, limit))
+
+
+def recent_events(engine: Engine, user_id: str, limit: int) -> dict[str, Any]:
+    """The user's ``limit`` most recent logged events, newest first.
+
+    Ordered by event time, then by ``event_id`` (both descending), so the
+    order does not depend on how the log is laid out on disk. Each event
+    holds its non-null fields only; ``ts`` is RFC 3339 UTC and ``attrs`` an
+    object.
+    """
+    log = engine.store.events([user_id])
+    if log.height == 0:
+        raise UnknownUserError(f"unknown user {user_id!r}")
+    newest = log.sort(["ts", "event_id"], descending=True).head(limit)
+    out = []
+    for row in newest.select(EVENT_FIELDS).iter_rows(named=True):
+        ev = {k: v for k, v in row.items() if v is not None}
+        ev["ts"] = format_us(ev["ts"])
+        if "attrs" in ev:
+            ev["attrs"] = orjson.loads(ev["attrs"])
+        out.append(ev)
+    return {"user_id": user_id, "count": len(out), "events": out}
 
 
 def recommendations(readers: Readers, engine: Engine, user_id: str, k: int,
@@ -162,6 +202,61 @@ def members(readers: Readers, engine: Engine, name: str, page: tuple[int, int],
     return {"segment": name, "as_of": None if as_of is None else format_us(as_of),
             "total": len(everyone), "offset": offset, "limit": limit,
             "members": everyone[offset:offset + limit]}
+
+
+def distribution_feature(engine: Engine, name: str) -> FeatureSpec:
+    """The spec of ``name`` if it holds one number per user, else the reason why not."""
+    _check_features(engine, [name])
+    spec = engine.spec.features[name]
+    if spec.keyed:
+        raise UsageError(
+            f"feature {name!r} is keyed ({spec.kind} by {spec.key}): it holds a map of "
+            "numbers per user, not one number, so it has no distribution"
+        )
+    if spec.value_type != "number":
+        raise UsageError(
+            f"feature {name!r} holds {spec.value_type}s ({spec.kind} of {spec.field}): "
+            "only numeric features have a distribution"
+        )
+    return spec
+
+
+def distribution(readers: Readers, engine: Engine, name: str, bins: int) -> dict[str, Any]:
+    """:func:`population_distribution` of the population at the watermark (cached)."""
+    spec = distribution_feature(engine, name)
+    pop = readers.population(engine)
+    key = ("distribution", name, bins, pop.version)
+    return readers.cached(
+        key, lambda: population_distribution(spec, pop.values[name], bins, pop.version[0]))
+
+
+def population_distribution(spec: FeatureSpec, values: pl.Series, bins: int,
+                            at: int | None) -> dict[str, Any]:
+    """The histogram (``bins`` equal-width bins over [min, max]) and quantiles of ``values``.
+
+    ``nulls`` counts the users without a finite value; all-equal values make
+    one bin. Times (``first_seen``...) are counted in epoch µs and shown in
+    epoch seconds.
+    """
+    time = json_type(spec) == "time"
+    scale = 1e-6 if time else 1.0
+    floats = values.cast(pl.Float64)
+    found = floats.filter(floats.is_finite()).to_numpy()
+    quantiles: dict[str, float | None] = dict.fromkeys(QUANTILES)
+    rows: list[dict[str, Any]] = []
+    if found.size:
+        lo, hi = float(found.min()), float(found.max())
+        if lo == hi:
+            counts, edges = np.array([found.size]), np.array([lo, hi])
+        else:
+            counts, edges = np.histogram(found, bins=bins, range=(lo, hi))
+        rows = [{"lo": float(edges[i]) * scale, "hi": float(edges[i + 1]) * scale,
+                 "count": int(c)} for i, c in enumerate(counts)]
+        qs = np.quantile(found, list(QUANTILES.values()))
+        quantiles = {k: float(q) * scale for k, q in zip(QUANTILES, qs, strict=True)}
+    return {"feature": spec.name, "value_type": "time" if time else "number",
+            "at": None if at is None else format_us(at), "users": values.len(),
+            "nulls": values.len() - int(found.size), "bins": rows, "quantiles": quantiles}
 
 
 def changes(engine: Engine, name: str, user_id: str | None, page: tuple[int, int]

@@ -80,6 +80,29 @@ class History(BaseModel):
     points: list[HistoryPoint]
 
 
+class LoggedEvent(BaseModel):
+    """One logged event: its non-null fields only (absent = null)."""
+
+    event_id: str
+    ts: str
+    type: str
+    item_id: str | None = None
+    category: str | None = None
+    price: float | None = None
+    quantity: int | None = None
+    rating: float | None = None
+    text: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    attrs: dict[str, Any] | None = None
+
+
+class UserEvents(BaseModel):
+    user_id: str
+    count: int = Field(description="events listed (at most limit)")
+    events: list[LoggedEvent] = Field(description="newest first (event time, then event_id)")
+
+
 class RecommendedItem(BaseModel):
     item_id: str
     score: float
@@ -152,6 +175,30 @@ class Audience(BaseModel):
     count: int
     population: int
     export: ExportInfo | None
+
+
+class HistogramBin(BaseModel):
+    lo: float
+    hi: float = Field(description="exclusive, except for the last bin")
+    count: int
+
+
+class Quantiles(BaseModel):
+    p50: float | None
+    p90: float | None
+    p99: float | None
+
+
+class Distribution(BaseModel):
+    feature: str
+    value_type: Literal["number", "time"] = Field(
+        description="time: values (bins, quantiles) are epoch seconds")
+    at: str | None = Field(description="the watermark")
+    users: int
+    nulls: int = Field(description="users without a value")
+    bins: list[HistogramBin] = Field(
+        description="equal-width bins over [min, max]; one when all values are equal")
+    quantiles: Quantiles = Field(description="linear interpolation; null without values")
 
 
 class Drift(BaseModel):

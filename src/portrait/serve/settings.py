@@ -29,4 +29,5 @@ class ServeSettings(BaseModel):
     max_batch_events: int = Field(default=MAX_BATCH_EVENTS, ge=1)
     max_queued_events: int = Field(default=1_000_000, ge=1)
     catalog_ttl_s: float = Field(default=10.0, ge=0.0)  # recommendation popularity refresh
-    profile_cache: int = Field(default=10_000, ge=0)  # profile responses kept per data version
+    profile_cache: int = Field(default=10_000, ge=0)  # profile answers kept (LRU)
+    report_dir: Path | None = None  # evaluation reports for the dashboard (else $PORTRAIT_REPORT)

@@ -8,6 +8,7 @@ is still queued and releases the lock.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from starlette.requests import HTTPConnection
@@ -22,6 +23,8 @@ from portrait.serve.readers import Readers
 from portrait.serve.settings import ServeSettings
 from portrait.spec.model import Spec
 
+SWITCH_INTERVAL_S = 0.0005
+
 
 class ServerState:
     def __init__(self, settings: ServeSettings) -> None:
@@ -34,6 +37,11 @@ class ServerState:
         self.metrics = Metrics(lambda: float(self.batcher.queued if self.batcher else 0))
 
     def open(self) -> None:
+        # The writer thread runs hundreds of short Polars calls per commit, each
+        # releasing and re-taking the GIL; with the default 5 ms switch interval
+        # a busy request thread makes it wait up to 5 ms per call. 0.5 ms keeps
+        # commits (and so freshness) fast under read load (bench/serve.py).
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         spec = None
         if self.settings.spec is not None:
             from portrait.spec.loader import load_spec

@@ -15,6 +15,8 @@
   const HISTORY_POINTS = 30;
   const HISTORY_SERIES = 6;
   const TOP_INTERESTS = 10;
+  const RECENT_EVENTS = 20;
+  const HISTOGRAM_BINS = 20;
   const MEMBERS_PAGE = 60;
   const CHANGES_PAGE = 10000;
   const CHANGES_CAP = 50000; // changes read per segment for "size over time"
@@ -309,7 +311,8 @@
         card("Recent segment changes", "timeline", () => userTimeline(user)),
         historyCard(user, profile, info),
         card("Profile", "profile", () => featuresTable(profile, info)),
-        card("Recommendations", "recommendations", () => recommendations(user), { span2: true })));
+        card("Recommendations", "recommendations", () => recommendations(user), { span2: true }),
+        card("Recent events", "events", () => recentEvents(user), { wide: true })));
   }
 
   function interests(profile, info) {
@@ -422,6 +425,22 @@
       h("div", { class: "cause" }, c.cause))));
   }
 
+  async function recentEvents(user) {
+    const got = await api(`/v1/profiles/${enc(user)}/events?limit=${RECENT_EVENTS}`);
+    charts.events = got.events;
+    if (!got.events.length) return h("p", { class: "muted" }, "No events logged yet.");
+    const num = (v) => (v === undefined ? h("span", { class: "muted" }, "–") : fmt(v));
+    return [table(["time", "type", "item", "category", { label: "price", num: true },
+      { label: "qty", num: true, cls: "hide-narrow" }, { label: "rating", num: true }],
+    got.events.map((ev) => h("tr", { dataset: { eventId: ev.event_id, type: ev.type } },
+      h("td", { class: "nowrap" }, h("time", { datetime: ev.ts }, fmtTime(ev.ts))),
+      h("td", {}, h("span", { class: "chip plain" }, ev.type)),
+      h("td", { class: "mono" }, ev.item_id ?? "–"), h("td", {}, ev.category ?? "–"),
+      h("td", { class: "num" }, num(ev.price)), h("td", { class: "num hide-narrow" }, num(ev.quantity)),
+      h("td", { class: "num" }, num(ev.rating)))), { cls: "events" }),
+    h("p", { class: "note" }, `The ${got.count} most recent logged events, newest first (event time).`)];
+  }
+
   async function recommendations(user) {
     const recs = await api(`/v1/recommendations/${enc(user)}?k=10`);
     charts.recommendations = recs.items;
@@ -449,7 +468,45 @@
         card("Segment sizes", "segments", () => segmentBars(segs)),
         card("Evaluation report", "report", reportLinks),
         card("Segment sizes over time", "sizes", () => sizesOverTime(segs.segments, segs.as_of), { wide: true }),
+        distributionCard(),
         card("Feature drift (PSI)", "drift", drift, { wide: true })));
+  }
+
+  /** A histogram of one numeric, non-keyed feature over all users (a select picks which). */
+  function distributionCard() {
+    const select = h("select", { id: "distribution-feature", "aria-label": "feature" });
+    const slot = h("div", {});
+    const draw = async (name) => {
+      const d = await api(`/v1/features/${enc(name)}/distribution?bins=${HISTOGRAM_BINS}`);
+      const time = d.value_type === "time";
+      const show = (v) => (v === null ? "–" : time ? new Date(v * 1000).toISOString().slice(0, 16).replace("T", " ") : fmt(v));
+      charts.distribution = { feature: d.feature, valueType: d.value_type, at: d.at, users: d.users, nulls: d.nulls,
+        bins: d.bins.map((b) => [b.lo, b.hi]), counts: d.bins.map((b) => b.count), quantiles: d.quantiles };
+      if (!d.bins.length) return [h("p", { class: "muted" }, "No user has a value yet.")];
+      const rows = d.bins.map((b) => ({ label: `${show(b.lo)} – ${show(b.hi)}`, value: b.count }));
+      const q = d.quantiles;
+      return [bars(rows, { chart: `distribution:${d.feature}`, cls: "histogram" }),
+        h("p", { class: "note" }, `${fmt(d.users - d.nulls)} of ${fmt(d.users)} users have a value as of ${fmtTime(d.at)}` +
+          `${time ? " (UTC)" : ""}: median ${show(q.p50)}, p90 ${show(q.p90)}, p99 ${show(q.p99)}; ` +
+          `${rows.length === 1 ? "one bin (every value is equal)" : `${rows.length} equal-width bins from the smallest value to the largest`}.`)];
+    };
+    const el = card("Feature distributions", "distribution", async () => {
+      const meta = await getMeta();
+      const numeric = meta.features.filter((f) => !f.keyed && (f.value_type === "number" || f.value_type === "time"));
+      if (!numeric.length) {
+        select.hidden = true;
+        return h("p", { class: "muted" }, "The spec has no numeric features.");
+      }
+      select.replaceChildren(...numeric.map((f) => h("option", { value: f.name }, f.name)));
+      slot.replaceChildren(...(await draw(select.value)));
+      return slot;
+    }, { wide: true, head: select });
+    select.addEventListener("change", () => {
+      el.dataset.state = "loading";
+      draw(select.value).then((nodes) => { slot.replaceChildren(...nodes); el.dataset.state = "ready"; },
+        (e) => { slot.replaceChildren(errorBox(e)); el.dataset.state = "error"; });
+    });
+    return el;
   }
 
   /** Sizes over time from the entry/exit log: +1 per entry, −1 per exit, in log order. */
