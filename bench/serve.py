@@ -15,9 +15,11 @@ In one run it
 3. starts ``portrait serve`` on 127.0.0.1 (a free port) as a subprocess,
    makes a ``read`` and an ``ingest`` API key with ``KeyStore``;
 4. runs a load generator in a **separate process** (this file with
-   ``--loadgen``: asyncio + one ``httpx.AsyncClient`` with keep-alive, one
-   connection per concurrent worker, closed loop: each worker sends its next
-   request when the previous answer is read), in phases:
+   ``--loadgen``, on uvloop): reads use :class:`RawHTTP`, a minimal
+   keep-alive HTTP/1.1 client (one connection per concurrent worker, closed
+   loop: each worker sends its next request when the previous answer is
+   read) because httpx costs ~1 ms of client CPU per request, which on 2
+   cores starves the server; posts use ``httpx.AsyncClient``. In phases:
 
    * ``read``: ``GET /v1/profiles/{user}`` for users drawn uniformly from all
      seeded users (so the server's 10,000-entry profile cache hits about half
@@ -537,8 +539,9 @@ def record(result: dict[str, Any]) -> None:
     )
     header = (
         f"\n{SECTION}\n\n"
-        "A real `portrait serve` on 127.0.0.1; load from a separate process (asyncio + httpx,"
-        " keep-alive) on the same machine, so client and server share its cores. Read = "
+        "A real `portrait serve` on 127.0.0.1; load from a separate process (uvloop; reads on a"
+        " raw keep-alive HTTP/1.1 client, posts with httpx) on the same machine, so client and"
+        " server share its cores. Read = "
         "`GET /v1/profiles/{user}`, users uniform over all seeded users, at the concurrency with"
         " the most req/s whose p99 <= 5 ms (if none, the most req/s). Ingest = sync batch"
         " POSTs. Freshness = POST of one"

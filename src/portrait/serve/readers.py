@@ -11,7 +11,8 @@ of only dead letters changes no profile), plus the model versions where
 models take part. So a cached answer is exactly what a fresh read of that
 version would give:
 
-* profiles and profile histories (one LRU of ``profile_cache`` entries);
+* profiles, profile histories, recent events and feature distributions
+  (one LRU of ``profile_cache`` entries);
 * the whole population's values and segment flags at the watermark (one
   version; segments, members, audiences share it);
 * the recommender (ALS model + catalogue): rebuilt when a new model is
@@ -115,7 +116,7 @@ class Readers:
         reg = service.registry(engine)
         return tuple((name, reg.current(name)) for name in reg.names())
 
-    # -- answer cache (profiles, histories) --------------------------------
+    # -- answer cache (profiles, histories, events, distributions) -----------
     def cached(self, key: Hashable, make: Callable[[], dict[str, Any]]
                        ) -> dict[str, Any]:
         with self._lock:

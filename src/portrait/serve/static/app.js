@@ -486,8 +486,8 @@
       const rows = d.bins.map((b) => ({ label: `${show(b.lo)} – ${show(b.hi)}`, value: b.count }));
       const q = d.quantiles;
       return [bars(rows, { chart: `distribution:${d.feature}`, cls: "histogram" }),
-        h("p", { class: "note" }, `${fmt(d.users - d.nulls)} of ${fmt(d.users)} users have a value as of ${fmtTime(d.at)}` +
-          `${time ? " (UTC)" : ""}: median ${show(q.p50)}, p90 ${show(q.p90)}, p99 ${show(q.p99)}; ` +
+        h("p", { class: "note" }, `${fmt(d.users - d.nulls)} of ${fmt(d.users)} users have a value as of ${fmtTime(d.at)}: ` +
+          `median ${show(q.p50)}, p90 ${show(q.p90)}, p99 ${show(q.p99)}${time ? " (UTC)" : ""}; ` +
           `${rows.length === 1 ? "one bin (every value is equal)" : `${rows.length} equal-width bins from the smallest value to the largest`}.`)];
     };
     const el = card("Feature distributions", "distribution", async () => {
