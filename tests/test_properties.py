@@ -41,7 +41,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from portrait.engine.engine import Engine
+from portrait.engine.engine import ROW_BATCH_MAX, Engine
 from portrait.errors import UnknownUserError
 from portrait.events.schema import EVENT_SCHEMA
 from portrait.features import build_aggregator, hll
@@ -232,7 +232,10 @@ def run_plan(
     n_file = 0
     for r, run in enumerate(plan.runs):
         with open_store(db, writer=True) as store:
-            engine = Engine(spec if r == 0 or respec else None, store, batch_size=plan.batch_size)
+            # Both write paths: small batches folded in Python (the default for
+            # batches this small) or, on odd batch sizes, always the Polars frame path.
+            engine = Engine(spec if r == 0 or respec else None, store, batch_size=plan.batch_size,
+                            row_batch_max=0 if plan.batch_size % 2 else ROW_BATCH_MAX)
             for call in run:
                 before = {e["event_id"] for e in ingested}
                 paths, accepted, duplicates = [], 0, 0

@@ -41,6 +41,7 @@ from portrait.store.base import Checkpoint, Commit, Store
 from portrait.timeutil import format_us
 
 DEFAULT_BATCH_SIZE = 2_000_000
+ROW_BATCH_MAX = 256  # about where the Python fold stops being cheaper (BENCHMARKS.md)
 T = TypeVar("T")
 
 
@@ -73,7 +74,8 @@ class Engine:
     """
 
     def __init__(
-        self, spec: Spec | None, store: Store, *, batch_size: int = DEFAULT_BATCH_SIZE
+        self, spec: Spec | None, store: Store, *, batch_size: int = DEFAULT_BATCH_SIZE,
+        row_batch_max: int = ROW_BATCH_MAX,
     ) -> None:
         meta = store.meta()
         if spec is None:
@@ -90,6 +92,9 @@ class Engine:
         self.spec = spec
         self.store = store
         self.batch_size = batch_size
+        # Batches up to this many new events are folded row by row in Python
+        # (ProfileAggregator.fold_batch), larger ones with vectorised Polars.
+        self.row_batch_max = row_batch_max
         self.agg = ProfileAggregator(spec)
         self.watermark: int | None = meta.watermark
         self._states: pl.DataFrame | None = None
@@ -235,11 +240,15 @@ class Engine:
             batch_max = new["ts"].max()
             assert isinstance(batch_max, int)
             self.watermark = batch_max if self.watermark is None else max(self.watermark, batch_max)
-            partial = self.agg.partial(new, watermark=self.watermark)
-            old = self._old_states(partial.select(USER))
-            merged = self.agg.merge_into(old, partial, self.watermark)
-            merged = self.agg.prune(merged, self.watermark)
-            new_users = partial.height - old.height
+            if new.height <= self.row_batch_max:  # small (API) batches: plain Python
+                old = self._old_states(new.select(USER).unique())
+                merged = self.agg.fold_batch(old, new, self.watermark)
+            else:
+                partial = self.agg.partial(new, watermark=self.watermark)
+                old = self._old_states(partial.select(USER))
+                merged = self.agg.merge_into(old, partial, self.watermark)
+                merged = self.agg.prune(merged, self.watermark)
+            new_users = merged.height - old.height
         changes = None
         if self.spec.segments and self.watermark is not None:
             if refresh_segments:

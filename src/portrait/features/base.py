@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
@@ -165,6 +165,36 @@ class Aggregator(ABC):
     def read_entries(self, entries: list[dict[str, Any]], at: int) -> Any:
         """The value of a set of raw, already selected events (windowed features read this)."""
         raise NotImplementedError(f"{self.spec.kind} cannot be windowed")
+
+    # The one-user write path (small batches): fold a user's new events into
+    # their state row in plain Python. Must read equal to ``merge_into`` of
+    # the batch's ``partial`` (the property tests run both).
+    @abstractmethod
+    def fold(self, row: dict[str, Any], events: list[dict[str, Any]], watermark: int) -> None:
+        """Update ``row`` in place with ``events`` (this feature's selection of one user's
+        new events, sorted by (ts, event_id)); prune at ``watermark``."""
+
+    def matches(self) -> Callable[[Mapping[str, Any]], bool]:
+        """``mask()`` as a Python predicate on one event dict."""
+        numeric: list[tuple[str, frozenset[float]]] = []
+        text: list[tuple[str, frozenset[str]]] = []
+        for field, values in self.spec.where:
+            if field in NUMERIC_WHERE_FIELDS:
+                nums = frozenset(x for x in (_as_number(v) for v in values) if x is not None)
+                numeric.append((field, nums))
+            else:
+                text.append((field, frozenset(values)))
+        required = self.required_non_null()
+
+        def test(e: Mapping[str, Any]) -> bool:
+            if any(e[c] is None for c in required):
+                return False
+            for f, nums in numeric:
+                if e[f] is None or float(e[f]) not in nums:
+                    return False
+            return all(e[f] is not None and str(e[f]) in texts for f, texts in text)
+
+        return test
 
 
 def old(column: str) -> pl.Expr:

@@ -29,6 +29,7 @@ from portrait.features.base import USER, Aggregator, old
 DISTINCT_EXACT_LIMIT = 10_000
 TOPK_MAX_KEYS = 10_000
 DECAY_EPSILON = 1e-6
+TEXT_PREFIX = "_text_"  # fold(): an event field's value as text (see Distinct.fold)
 LN2 = 0.6931471805599453
 
 
@@ -128,6 +129,21 @@ class Distinct(Aggregator):
         raw = pl.Series([e[self.fname] for e in entries]).cast(pl.String).unique().to_list()
         return hll.estimate(hll.add(hll.empty(), raw))
 
+    def fold(self, row: dict[str, Any], events: list[dict[str, Any]], watermark: int) -> None:
+        """Event dicts carry ``TEXT_PREFIX + field``: the value as Polars casts it to text."""
+        k, h = self.col("keys"), self.col("hll")
+        new = {e[TEXT_PREFIX + self.fname] for e in events}
+        blob = row.get(h)
+        if blob is not None:
+            row[h] = hll.to_bytes(hll.add(hll.from_bytes(blob), new))
+            row[k] = None
+            return
+        keys = set(row.get(k) or ()) | new
+        if len(keys) > DISTINCT_EXACT_LIMIT:
+            row[h], row[k] = hll.to_bytes(hll.add(hll.empty(), keys)), None
+        else:
+            row[k] = list(keys)
+
 
 class TopK(Aggregator):
     """The k most frequent keys with their counts (ties broken by key order)."""
@@ -215,6 +231,15 @@ class TopK(Aggregator):
 
     def read_entries(self, entries: list[dict[str, Any]], at: int) -> Any:
         return _ranked(Counter(e[self.kname] for e in entries).items(), self.spec.k or 1, float)
+
+    def fold(self, row: dict[str, Any], events: list[dict[str, Any]], watermark: int) -> None:
+        k, c = self.col("keys"), self.col("counts")
+        counts = Counter(dict(zip(row.get(k) or (), row.get(c) or (), strict=True)))
+        counts.update(e[self.kname] for e in events)
+        items = list(counts.items())
+        if len(items) > TOPK_MAX_KEYS:
+            items = sorted(items, key=lambda kv: (-kv[1], kv[0]))[:TOPK_MAX_KEYS]
+        row[k], row[c] = [key for key, _ in items], [n for _, n in items]
 
 
 def _long_to_map(long: pl.DataFrame, height: int, name: str) -> pl.Series:
@@ -439,3 +464,38 @@ class Decayed(Aggregator):
                 sums[key] = sums.get(key, 0.0) + c
         return self.read_row({self.col("ref"): ref, self.col("keys"): list(sums),
                               self.col("vals"): list(sums.values())}, at)
+
+    def fold(self, row: dict[str, Any], events: list[dict[str, Any]], watermark: int) -> None:
+        r = self.col("ref")
+        old_ref = row.get(r)
+        if events:
+            top = max(e["ts"] for e in events)
+            ref = top if old_ref is None else max(old_ref, top)
+            weights, default = dict(self.spec.weights), float(self.spec.default_weight)
+            if not self.keyed:
+                v = self.col("v")
+                old = 0.0 if old_ref is None else (row.get(v) or 0.0) * self._factor(old_ref, ref)
+                row[v] = old + sum(weights.get(e["type"], default) * self._factor(e["ts"], ref)
+                                   for e in events)
+                row[r] = ref
+                return
+            sums: dict[str, float] = {}
+            if old_ref is not None:
+                f = self._factor(old_ref, ref)
+                for key, val in zip(row.get(self.col("keys")) or (),
+                                    row.get(self.col("vals")) or (), strict=True):
+                    sums[key] = val * f
+            for e in events:
+                c = weights.get(e["type"], default) * self._factor(e["ts"], ref)
+                sums[e[self.kname]] = sums.get(e[self.kname], 0.0) + c
+            row[r] = ref
+        elif old_ref is None or not self.keyed:
+            return
+        else:
+            ref = old_ref
+            sums = dict(zip(row.get(self.col("keys")) or (), row.get(self.col("vals")) or (),
+                            strict=True))
+        f = self._factor(ref, watermark)  # prune as prune() does
+        kept = [(key, v) for key, v in sums.items() if abs(v * f) >= DECAY_EPSILON]
+        row[self.col("keys")] = [key for key, _ in kept]
+        row[self.col("vals")] = [v for _, v in kept]

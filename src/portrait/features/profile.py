@@ -7,9 +7,10 @@ from functools import reduce
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
+import pyarrow as pa
 
 from portrait.features.base import OLD_SUFFIX, USER, Aggregator, empty_states
-from portrait.features.maps import Decayed, Distinct, TopK
+from portrait.features.maps import TEXT_PREFIX, Decayed, Distinct, TopK
 from portrait.features.scalar import Avg, Count, Extremum, FirstLast, Sum
 from portrait.features.window import Windowed
 
@@ -46,6 +47,7 @@ class ProfileAggregator:
     def __init__(self, spec: Spec) -> None:
         self.spec = spec
         self.aggs = [build_aggregator(f) for f in spec.features.values()]
+        self._arrow: pa.Schema | None = None
         self.schema: dict[str, pl.DataType] = {USER: pl.String()}
         for agg in self.aggs:
             self.schema.update(agg.state_schema)
@@ -170,3 +172,42 @@ class ProfileAggregator:
     def read_row(self, row: Mapping[str, Any], at: int) -> dict[str, Any]:
         """One user's values at ``at`` from one state row (pure Python; equals ``read``)."""
         return {agg.name: agg.read_row(row, at) for agg in self.aggs}
+
+    def fold_batch(self, old_states: pl.DataFrame, events: pl.DataFrame, watermark: int
+                   ) -> pl.DataFrame:
+        """The small-batch path of ``prune(merge_into(old, partial(events)))``, in plain Python.
+
+        ``old_states``: the current rows of (some of) the batch's users. One row
+        per user of ``events`` comes back, each feature folded by its
+        ``fold`` (no Polars plan per feature: a small batch costs microseconds
+        per event instead of ~100 Polars calls). Reads equal the frame path's
+        (property tests); states may differ in representation only (the
+        reference time of decayed values, the order of distinct keys).
+        """
+        texts = [pl.col(a.fname).cast(pl.String).alias(TEXT_PREFIX + a.fname)
+                 for a in self.aggs if isinstance(a, Distinct)]
+        rows = {r[USER]: r for r in self.conform(old_states).to_dicts()}
+        blank = dict.fromkeys(self.schema)
+        by_user: dict[str, list[dict[str, Any]]] = {}
+        for e in events.sort("ts", "event_id").with_columns(texts).to_dicts():
+            by_user.setdefault(e[USER], []).append(e)
+        preds = [(agg, agg.matches()) for agg in self.aggs]
+        out = []
+        for user, mine in by_user.items():
+            row = rows.get(user) or {**blank, USER: user}
+            for agg, match in preds:
+                agg.fold(row, [e for e in mine if match(e)], watermark)
+            out.append(row)
+        if not out:
+            return self.empty()
+        # pyarrow builds nested columns (lists, lists of structs) in C++; Polars'
+        # own row constructor makes a Series per nested value (~30x slower here).
+        table = pa.Table.from_pylist(out, schema=self._arrow_schema())
+        frame = pl.from_arrow(table)
+        assert isinstance(frame, pl.DataFrame)
+        return frame
+
+    def _arrow_schema(self) -> pa.Schema:
+        if self._arrow is None:
+            self._arrow = self.empty().to_arrow().schema
+        return self._arrow

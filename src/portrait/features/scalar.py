@@ -52,6 +52,10 @@ class Count(Aggregator):
     def read_entries(self, entries: list[dict[str, Any]], at: int) -> Any:
         return len(entries)
 
+    def fold(self, row: dict[str, Any], events: list[dict[str, Any]], watermark: int) -> None:
+        n = self.col("n")
+        row[n] = (row.get(n) or 0) + len(events)
+
 
 class Sum(Aggregator):
     """Sum of a numeric field (Int64 for ``quantity``, Float64 otherwise)."""
@@ -89,6 +93,10 @@ class Sum(Aggregator):
     def read_entries(self, entries: list[dict[str, Any]], at: int) -> Any:
         cast = int if self.parts["s"] == pl.Int64 else float
         return sum((cast(e[self.fname]) for e in entries), self._zero())
+
+    def fold(self, row: dict[str, Any], events: list[dict[str, Any]], watermark: int) -> None:
+        s = self.col("s")
+        row[s] = (row.get(s) or self._zero()) + self.read_entries(events, watermark)
 
 
 class Avg(Aggregator):
@@ -134,6 +142,11 @@ class Avg(Aggregator):
             return None
         return sum(float(e[self.fname]) for e in entries) / len(entries)
 
+    def fold(self, row: dict[str, Any], events: list[dict[str, Any]], watermark: int) -> None:
+        s, n = self.col("s"), self.col("n")
+        row[s] = (row.get(s) or 0.0) + sum(float(e[self.fname]) for e in events)
+        row[n] = (row.get(n) or 0) + len(events)
+
 
 class Extremum(Aggregator):
     """``min`` or ``max`` of a numeric field; null when no event has it."""
@@ -171,6 +184,14 @@ class Extremum(Aggregator):
         if not values:
             return None
         return max(values) if self.is_max else min(values)
+
+    def fold(self, row: dict[str, Any], events: list[dict[str, Any]], watermark: int) -> None:
+        m = self.col("m")
+        values = [e[self.fname] for e in events]
+        if row.get(m) is not None:
+            values.append(row[m])
+        if values:
+            row[m] = max(values) if self.is_max else min(values)
 
 
 class FirstLast(Aggregator):
@@ -253,3 +274,12 @@ class FirstLast(Aggregator):
             return None
         pick = max if self.is_last else min
         return pick(entries, key=lambda e: (e["ts"], e["event_id"]))[self.fname]
+
+    def fold(self, row: dict[str, Any], events: list[dict[str, Any]], watermark: int) -> None:
+        ts, eid, v = self.col("ts"), self.col("eid"), self.col("v")
+        found = [(e["ts"], e["event_id"], e[self.fname]) for e in events]
+        if row.get(ts) is not None:
+            found.append((row[ts], row[eid], row[v]))
+        if found:
+            pick = max if self.is_last else min
+            row[ts], row[eid], row[v] = pick(found, key=lambda t: (t[0], t[1]))

@@ -92,3 +92,9 @@ class Windowed(Aggregator):
         if USER in (self.spec.field, self.spec.key):  # entries leave out the row's own key
             inside = [{**e, USER: row.get(USER)} for e in inside]
         return self.inner.read_entries(inside, at)
+
+    def fold(self, row: dict[str, Any], events: list[dict[str, Any]], watermark: int) -> None:
+        e, cutoff = self.col("e"), watermark - self.window
+        kept = [x for x in row.get(e) or () if x is not None and x["ts"] > cutoff]
+        kept.extend({c: ev[c] for c in self.entry_cols} for ev in events if ev["ts"] > cutoff)
+        row[e] = kept
