@@ -62,6 +62,7 @@ class Backend:
     stray_files: Callable[[], list[Path]] | None = None  # files on disk the store does not use
     add_orphans: Callable[[], list[Path]] | None = None  # simulate a crash before a commit
     max_files: dict[str, int] = field(default_factory=dict)  # kind -> most files after compaction
+    settle: Callable[[Store], None] | None = None  # wait for background work (compaction)
     opened: list[Store] = field(default_factory=list)
 
     def writer(self) -> Store:
@@ -79,7 +80,7 @@ class Backend:
             store.close()
 
 
-def _embedded(tmp_path: Path) -> Backend:
+def _embedded(tmp_path: Path, *, background: bool = False) -> Backend:
     root = tmp_path / "db"
 
     def manifest() -> dict[str, list[Path]]:
@@ -112,9 +113,21 @@ def _embedded(tmp_path: Path) -> Backend:
             shutil.copy(used[kind][0], made[-1])
         return made
 
+    def open_store(writer: bool) -> Store:
+        store = EmbeddedStore(root, writer=writer)
+        if writer and background:
+            store.start_background_compaction()
+        return store
+
+    def settle(store: Store) -> None:
+        assert isinstance(store, EmbeddedStore)
+        store.wait_compacted()
+        assert store.compaction_error is None
+
     return Backend(
-        "embedded",
-        lambda writer: EmbeddedStore(root, writer=writer),
+        "embedded-background-compaction" if background else "embedded",
+        open_store,
+        settle=settle if background else None,
         data_files=manifest,
         stray_files=stray,
         add_orphans=add_orphans,
@@ -122,7 +135,11 @@ def _embedded(tmp_path: Path) -> Backend:
     )
 
 
-BACKENDS: dict[str, Callable[[Path], Backend]] = {"embedded": _embedded}
+BACKENDS: dict[str, Callable[[Path], Backend]] = {
+    "embedded": _embedded,
+    # the server's mode: merges run in a thread of their own, beside the commits
+    "embedded-background": lambda tmp: _embedded(tmp, background=True),
+}
 
 
 @pytest.fixture(params=list(BACKENDS))
@@ -390,6 +407,9 @@ def test_many_commits_compaction_keeps_every_read_identical(backend: Backend) ->
         assert_reads_match(store, model, users[:3] + touched)
     assert_reads_match(store, model, users)
     assert_reads_match(early_reader, model, users)
+    if backend.settle is not None:
+        backend.settle(store)
+        assert_reads_match(store, model, users)
     if backend.data_files is not None:
         files = backend.data_files()
         for kind, most in backend.max_files.items():

@@ -279,13 +279,24 @@ class Engine:
         assert self.watermark is not None
         if self._members is None:
             self._members = self.store.memberships().select(USER, "segment")
-        values = self.agg.read(states, self.watermark, self._rule_features)
-        flags = self.segments_frame(values)
-        now = (
-            flags.unpivot(index=USER, variable_name="segment", value_name="member")
-            .filter(pl.col("member"))
-            .select(USER, "segment")
-        )
+        if states.height <= self.row_batch_max:  # a few users: the Python read is cheaper
+            cols = self.agg.state_columns(self._rule_features)
+            pairs = [
+                (row[USER], seg)
+                for row in states.select(USER, *cols).to_dicts()
+                for seg in self.segments_of(
+                    self.agg.read_row(row, self.watermark, self._rule_features))
+            ]
+            now = pl.DataFrame(pairs, schema={USER: pl.String, "segment": pl.String},
+                               orient="row")
+        else:
+            values = self.agg.read(states, self.watermark, self._rule_features)
+            flags = self.segments_frame(values)
+            now = (
+                flags.unpivot(index=USER, variable_name="segment", value_name="member")
+                .filter(pl.col("member"))
+                .select(USER, "segment")
+            )
         before = self._members
         if not refresh:
             before = before.join(states.select(USER), on=USER, how="semi")

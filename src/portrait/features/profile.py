@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from functools import reduce
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +17,7 @@ from portrait.features.window import Windowed
 if TYPE_CHECKING:
     from portrait.spec.model import FeatureSpec, Spec
 
+NEVER_NULL = frozenset(("event_id", "user_id", "ts", "type"))  # validation guarantees them
 _KINDS: dict[str, type[Aggregator]] = {
     "count": Count,
     "sum": Sum,
@@ -48,6 +49,8 @@ class ProfileAggregator:
         self.spec = spec
         self.aggs = [build_aggregator(f) for f in spec.features.values()]
         self._arrow: pa.Schema | None = None
+        self._groups: list[tuple[Callable[[Mapping[str, Any]], bool] | None,
+                                 list[Aggregator]]] | None = None
         self.schema: dict[str, pl.DataType] = {USER: pl.String()}
         for agg in self.aggs:
             self.schema.update(agg.state_schema)
@@ -169,9 +172,16 @@ class ProfileAggregator:
         cols = [states[USER]] + [agg.read(states, at) for agg in aggs]
         return pl.DataFrame(cols)
 
-    def read_row(self, row: Mapping[str, Any], at: int) -> dict[str, Any]:
-        """One user's values at ``at`` from one state row (pure Python; equals ``read``)."""
-        return {agg.name: agg.read_row(row, at) for agg in self.aggs}
+    def read_row(self, row: Mapping[str, Any], at: int,
+                 names: Collection[str] | None = None) -> dict[str, Any]:
+        """One user's values at ``at`` from one state row (pure Python; equals ``read``),
+        of every feature or of those in ``names``."""
+        return {agg.name: agg.read_row(row, at) for agg in self.aggs
+                if names is None or agg.name in names}
+
+    def state_columns(self, names: Collection[str]) -> list[str]:
+        """The state columns of the features in ``names``."""
+        return [c for agg in self.aggs if agg.name in names for c in agg.state_schema]
 
     def fold_batch(self, old_states: pl.DataFrame, events: pl.DataFrame, watermark: int
                    ) -> pl.DataFrame:
@@ -191,12 +201,14 @@ class ProfileAggregator:
         by_user: dict[str, list[dict[str, Any]]] = {}
         for e in events.sort("ts", "event_id").with_columns(texts).to_dicts():
             by_user.setdefault(e[USER], []).append(e)
-        preds = [(agg, agg.matches()) for agg in self.aggs]
+        groups = self._mask_groups()
         out = []
         for user, mine in by_user.items():
             row = rows.get(user) or {**blank, USER: user}
-            for agg, match in preds:
-                agg.fold(row, [e for e in mine if match(e)], watermark)
+            for match, aggs in groups:
+                chosen = mine if match is None else [e for e in mine if match(e)]
+                for agg in aggs:
+                    agg.fold(row, chosen, watermark)
             out.append(row)
         if not out:
             return self.empty()
@@ -206,6 +218,21 @@ class ProfileAggregator:
         frame = pl.from_arrow(table)
         assert isinstance(frame, pl.DataFrame)
         return frame
+
+    def _mask_groups(self) -> list[tuple[Callable[[Mapping[str, Any]], bool] | None,
+                                         list[Aggregator]]]:
+        """Aggregators grouped by the events they select (one filter per group and user);
+        None: every event (no ``where``, no field that may be null)."""
+        if self._groups is None:
+            by_mask: dict[Any, list[Aggregator]] = {}
+            for agg in self.aggs:
+                by_mask.setdefault((agg.spec.where, agg.required_non_null()), []).append(agg)
+            self._groups = [
+                (None if not where and all(c in NEVER_NULL for c in req)
+                 else aggs[0].matches(), aggs)
+                for (where, req), aggs in by_mask.items()
+            ]
+        return self._groups
 
     def _arrow_schema(self) -> pa.Schema:
         if self._arrow is None:

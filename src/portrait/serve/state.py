@@ -84,6 +84,7 @@ def _writer_engine(db: Path, spec: Spec | None) -> Engine:
     from portrait.store import open_store
 
     store = open_store(db, writer=True)
+    store.start_background_compaction()  # a commit (and its requests) never waits for a merge
     try:
         if spec is not None and store.meta().spec_text is None:
             store.set_spec(spec.text)

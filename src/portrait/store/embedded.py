@@ -32,8 +32,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -134,6 +136,11 @@ class EmbeddedStore:
         self._seen: SeenSet | None = None
         self._pinned = False
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="portrait-write")
+        self._compactor: threading.Thread | None = None
+        self._compact_wake = threading.Event()
+        self._compact_stop = False
+        self._compact_idle = threading.Event()
+        self.compaction_error: Exception | None = None
         if writer:
             self.root.mkdir(parents=True, exist_ok=True)
             (self.root / "log").mkdir(exist_ok=True)
@@ -158,6 +165,11 @@ class EmbeddedStore:
         self._lock_fd = fd
 
     def close(self) -> None:
+        if self._compactor is not None:
+            self._compact_stop = True
+            self._compact_wake.set()
+            self._compactor.join()
+            self._compactor = None
         self._pool.shutdown(wait=True)
         self.db.close()
         if self._lock_fd is not None:
@@ -245,13 +257,10 @@ class EmbeddedStore:
             raise StoreError("this store was opened read-only")
 
     # -- reads -----------------------------------------------------------
-    def states(self, user_ids: list[str] | None = None, *,
-               files: list[tuple[int, str]] | None = None) -> pl.DataFrame:
-        """Newest state row per user (of ``user_ids``), over all files or only ``files``."""
-
-        def build(found: list[tuple[int, str]]) -> pl.DataFrame:
+    def states(self, user_ids: list[str] | None = None) -> pl.DataFrame:
+        def build(files: list[tuple[int, str]]) -> pl.DataFrame:
             frames = []
-            for seq, name in reversed(found if files is None else files):
+            for seq, name in reversed(files):
                 lf = pl.scan_parquet(self.root / name)
                 if user_ids is not None:
                     lf = lf.filter(pl.col(USER).is_in(user_ids))
@@ -491,40 +500,87 @@ class EmbeddedStore:
 
     # -- compaction ------------------------------------------------------
     def _maybe_compact(self) -> None:
-        """Tiered compaction: merge the newest files while they are small next to the rest.
+        """Tiered compaction, inline: one merge per commit at most (see ``_compact_once``)."""
+        if self._compactor is not None:
+            self._compact_wake.set()  # the background thread does it
+        else:
+            self._compact_once(self.db)
 
-        When a kind has more than its limit of files, the newest files are
-        merged with older ones only while the older file is no larger than
-        everything newer than it put together, so a row is rewritten about
-        log2(rows) times over its life, not on every compaction, and a small
-        commit never pays for rewriting all users. Runs are always adjacent
-        in commit order (a state file's rows win over older files' rows).
+    def start_background_compaction(self) -> None:
+        """From now on compact in a thread of its own, so commits never wait for a merge.
+
+        The server uses this: a merge can rewrite a large run of files (seconds
+        on big logs) and, inline, the commit that tripped it (and every request
+        waiting for that commit) would wait. The thread has its own SQLite
+        connection; it only ever replaces runs of files older than the ones it
+        listed, with one manifest transaction, so the writer's commits and
+        readers' snapshots stay valid (readers retry if a file vanished).
+        ``close()`` stops it. Failures are kept in ``compaction_error`` and
+        stop further compaction (the store stays correct, only less compact).
         """
-        state_files = self._file_rows("state")
+        self._require_writer()
+        if self._compactor is None:
+            self._compactor = threading.Thread(target=self._compact_loop,
+                                               name="portrait-compact", daemon=True)
+            self._compactor.start()
+
+    def wait_compacted(self, timeout: float = 60.0) -> None:
+        """Block until background compaction has caught up with every commit so far."""
+        if self._compactor is None:
+            return
+        for _ in range(2):  # a pass already running may have listed files before our commits
+            self._compact_idle.clear()
+            self._compact_wake.set()
+            if not self._compact_idle.wait(timeout):
+                raise StoreError(f"background compaction did not finish in {timeout} s")
+
+    def _compact_loop(self) -> None:
+        db = sqlite3.connect(self.root / "portrait.sqlite", timeout=60, isolation_level=None)
+        try:
+            db.execute("PRAGMA busy_timeout = 60000")
+            db.execute("PRAGMA synchronous = FULL")
+            while not self._compact_stop:
+                self._compact_wake.wait()
+                self._compact_wake.clear()
+                while not self._compact_stop and self._compact_once(db):
+                    pass
+                self._compact_idle.set()
+        except Exception as exc:  # kept for /healthz; the store stays valid, only less compact
+            self.compaction_error = exc
+            logging.getLogger(__name__).exception("background compaction stopped")
+            self._compact_idle.set()
+        finally:
+            db.close()
+
+    def _compact_once(self, db: sqlite3.Connection) -> bool:
+        """One tiered merge if a kind has too many files; True when one was done.
+
+        The newest files are merged with older ones only while the older file
+        is no larger than everything newer than it put together, so a row is
+        rewritten about log2(rows) times over its life, not on every
+        compaction, and a small commit never pays for rewriting all users.
+        Runs are always adjacent in commit order (a state file's rows win over
+        older files' rows).
+        """
+        state_files = _file_rows(db, "state")
         if len(state_files) > MAX_STATE_FILES:
             run = _tail_run(state_files)
-            merged = self.states(files=run)
-            self._replace("state", run, merged.sort(USER))
-        small = [f for f in self._file_rows("log") if f[2] < SMALL_LOG_ROWS]
+            self._replace(db, "state", run, _newest_rows(self.root, run).sort(USER))
+            return True
+        small = [f for f in _file_rows(db, "log") if f[2] < SMALL_LOG_ROWS]
         if len(small) > MAX_SMALL_LOG_FILES:
             run = _tail_run(small)
-            frame = pl.read_parquet([self.root / n for _, n in run])
-            self._replace("log", run, frame)
+            self._replace(db, "log", run, pl.read_parquet([self.root / n for _, n in run]))
+            return True
+        return False
 
-    def _file_rows(self, kind: str) -> list[tuple[int, str, int]]:
-        """(seq, name, rows) of ``kind``'s files in commit order (from the manifest)."""
-        rows = self.db.execute(
-            "SELECT seq, name, rows FROM files WHERE kind = ? ORDER BY seq", (kind,)
-        ).fetchall()
-        return [(int(seq), str(name), int(n)) for seq, name, n in rows]
-
-    def _replace(self, kind: str, old: list[tuple[int, str]], frame: pl.DataFrame) -> None:
+    def _replace(self, db: sqlite3.Connection, kind: str, old: list[tuple[int, str]],
+                 frame: pl.DataFrame) -> None:
         """Swap ``old`` files of ``kind`` for one file holding ``frame``, atomically."""
         seq = max(s for s, _ in old)
         name = f"{kind}/{seq:08d}-c{int(time.time() * 1e6)}.parquet"
         self._write_parquet(frame, name)
         fsync_path(self.root / kind)
-        db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(
@@ -538,6 +594,23 @@ class EmbeddedStore:
         for _, n in old:
             with contextlib.suppress(FileNotFoundError):
                 (self.root / n).unlink()
+
+
+def _file_rows(db: sqlite3.Connection, kind: str) -> list[tuple[int, str, int]]:
+    """(seq, name, rows) of ``kind``'s files in commit order (from the manifest)."""
+    rows = db.execute(
+        "SELECT seq, name, rows FROM files WHERE kind = ? ORDER BY seq", (kind,)
+    ).fetchall()
+    return [(int(seq), str(name), int(n)) for seq, name, n in rows]
+
+
+def _newest_rows(root: Path, files: list[tuple[int, str]]) -> pl.DataFrame:
+    """The newest state row per user over ``files`` (later files win)."""
+    frames = [pl.read_parquet(root / name).with_columns(pl.lit(seq).alias("_seq"))
+              for seq, name in files]
+    both = pl.concat(frames, how="diagonal_relaxed")
+    newest = both.sort("_seq", descending=True).unique(USER, keep="first", maintain_order=True)
+    return newest.drop("_seq")
 
 
 def _tail_run(files: list[tuple[int, str, int]]) -> list[tuple[int, str]]:
