@@ -36,3 +36,15 @@ def test_metrics_text(api: Client) -> None:
            'route="/v1/events"}' in text
     assert re.search(r'portrait_http_requests_total\{method="POST",route="/v1/events",'
                      r'status="200"\} \d', text)
+
+
+def test_healthz_reports_the_writer_and_background_compaction(api: Client) -> None:
+    """The server compacts in the background; /healthz says the writer is up and that
+    compaction has not failed, and counts what the store holds."""
+    for i in range(3):  # a few commits, so compaction has work to wake up for
+        api.ingest([event("hz-a", f"2024-05-0{i + 1}T00:00:00Z")])
+    body = api.health()
+    assert body["status"] == "ok"
+    assert body["writer"] is True
+    assert body["compaction_error"] is None
+    assert body["events"] >= 3

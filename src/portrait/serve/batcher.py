@@ -109,6 +109,12 @@ class MicroBatcher:
         return self._thread.is_alive() and self.failure is None
 
     @property
+    def compaction_error(self) -> Exception | None:
+        """Why the store's background compaction stopped, if it did."""
+        eng = self._engine
+        return None if eng is None else getattr(eng.store, "compaction_error", None)
+
+    @property
     def engine(self) -> Engine:
         """The writer's engine (only the writer thread may use it)."""
         if self._engine is None:

@@ -21,6 +21,7 @@ def healthz(request: Request) -> JSON:
     batcher = st.batcher
     writer = batcher is not None and batcher.alive
     meta = st.readers.read(lambda e: e.store.meta())
+    compaction = None if batcher is None else batcher.compaction_error
     body = {
         "status": "ok" if writer else "degraded",
         "writer": writer,
@@ -28,6 +29,7 @@ def healthz(request: Request) -> JSON:
         "watermark": None if meta.watermark is None else format_us(meta.watermark),
         "events": meta.accepted,
         "users": meta.users,
+        "compaction_error": None if compaction is None else repr(compaction),
     }
     return JSON(body, status_code=200 if writer else 503)
 

@@ -217,3 +217,4 @@ class Health(BaseModel):
     watermark: str | None
     events: int
     users: int
+    compaction_error: str | None = None  # background compaction stopped (data stays correct)
