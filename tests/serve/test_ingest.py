@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -162,3 +163,27 @@ def test_posted_events_equal_file_ingest(api: Client, engine: Engine, served: Se
     got = api.profile("ing-f")
     want = engine.profile("ing-f")
     assert {k: v for k, v in got.items() if k != "models"} == want
+
+
+def test_idle_writer_logs_exits_that_time_alone_caused(seeded: Path, tmp_path: Path) -> None:
+    """A user who posts nothing more still leaves a segment when its window expires: once
+    the writer is idle and the watermark has moved, it re-evaluates everyone and logs the
+    exit with a time cause (as `portrait ingest` does at the end of a command)."""
+    from tests.serve.harness import serving
+
+    with serving(seeded, tmp_path) as srv, Client(srv.url, srv.admin) as api:
+        api.ingest([event("rf-a", "2030-01-01T00:00:00Z", "purchase", price=60.0),
+                    event("rf-a", "2030-01-02T00:00:00Z", "purchase", price=60.0)])
+        entered = api.segment_changes("big_spender", user="rf-a")["changes"]
+        assert [c["change"] for c in entered] == ["enter"]
+        api.ingest([event("rf-b", "2030-02-15T00:00:00Z")])  # 44 days later: window over
+        deadline = time.monotonic() + 30
+        while True:
+            log = api.segment_changes("big_spender", user="rf-a")["changes"]
+            if len(log) == 2:
+                break
+            assert time.monotonic() < deadline, log
+            time.sleep(0.2)
+        assert log[1]["change"] == "exit"
+        assert log[1]["cause"].startswith("re-evaluated at 2030-02-15T00:00:00")
+        assert "big_spender" not in api.profile("rf-a")["segments"]

@@ -191,6 +191,19 @@ class Engine:
         """Every user's current state row (the writer's cache; loaded on first use)."""
         return self._load_states()
 
+    def refresh_segments(self) -> int:
+        """Re-evaluate every user's segments at the watermark and log what changed.
+
+        Decay and windows move users out of segments without any new event of
+        theirs; ``ingest`` does this at the end of every command, a server (which
+        only ever calls :meth:`ingest_events`) calls it when idle. Returns the
+        number of entries and exits logged (one durable commit, even when 0).
+        """
+        self._apply(_no_events(), [], refresh_segments=True)
+        changes = self._pending.segment_changes
+        self._commit_pending(None)
+        return 0 if changes is None else changes.height
+
     def _load_states(self) -> pl.DataFrame:
         """All current states (writer cache): the base plus the recent overlay."""
         if self._states is None:

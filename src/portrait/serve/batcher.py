@@ -19,6 +19,12 @@ After each commit, and before any of its requests is answered, ``publish``
 hands the engine to the live view (:mod:`portrait.serve.live`), so a request
 answered 200 can read its own events at once.
 
+When no event has arrived for ``refresh_idle_s`` and the watermark moved since
+the last time, the writer re-evaluates every user's segments at the watermark
+(:meth:`~portrait.engine.engine.Engine.refresh_segments`), so exits caused by
+decay or a window expiring are logged for users who post nothing more, as
+``portrait ingest`` does at the end of each command.
+
 If a commit fails the writer stops taking events (the engine's in-memory
 caches may no longer match the store): every waiting request gets a 503 and
 ``/healthz`` says so; restarting the server recovers from the store.
@@ -84,7 +90,8 @@ class MicroBatcher:
     def __init__(self, open_engine: Callable[[], Engine], *, flush_events: int = 20_000,
                  flush_ms: float = 5.0, max_queued: int = 1_000_000,
                  on_commit: Callable[[GroupStats], None] | None = None,
-                 publish: Callable[[Engine], None] | None = None) -> None:
+                 publish: Callable[[Engine], None] | None = None,
+                 refresh_idle_s: float = 1.0) -> None:
         self._open_engine = open_engine
         self._engine: Engine | None = None
         self._ready = threading.Event()
@@ -93,6 +100,7 @@ class MicroBatcher:
         self.max_queued = max_queued
         self.on_commit = on_commit
         self.publish = publish  # writer thread: after opening and after each commit
+        self.refresh_idle_s = refresh_idle_s  # idle this long: re-evaluate segments (if moved)
         self.failure: BaseException | None = None
         self._queue: queue.Queue[object] = queue.Queue()
         self._lock = threading.Lock()
@@ -171,8 +179,15 @@ class MicroBatcher:
             self._engine.store.close()
 
     def _loop(self) -> None:
+        refreshed = self.engine.watermark
         while True:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=self.refresh_idle_s)
+            except queue.Empty:  # idle: log the exits that time alone caused
+                if self.engine.watermark != refreshed and self.engine.spec.segments:
+                    refreshed = self.engine.watermark
+                    self._refresh()
+                continue
             if first is _STOP:
                 return
             assert isinstance(first, Ticket)
@@ -180,6 +195,15 @@ class MicroBatcher:
             self._commit(group)
             if stop:
                 return
+
+    def _refresh(self) -> None:
+        """Segments of everyone at the watermark (decay, windows), committed; then published."""
+        try:
+            self.engine.refresh_segments()
+            if self.publish is not None:
+                self.publish(self.engine)
+        except BaseException as exc:  # the writer's caches may be off: stop taking events
+            self.failure = self.failure or exc
 
     def _gather(self, first: Ticket) -> tuple[list[Ticket], bool]:
         group, size = [first], first.size

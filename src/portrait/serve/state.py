@@ -54,6 +54,7 @@ class ServerState:
             lambda: _writer_engine(db, spec), flush_events=self.settings.flush_events,
             flush_ms=self.settings.flush_ms, max_queued=self.settings.max_queued_events,
             on_commit=self.metrics.on_commit, publish=self.live.publish,
+            refresh_idle_s=self.settings.segment_refresh_s,
         )
         self.batcher.start()
         _warm_imports()
