@@ -460,6 +460,27 @@ def serve(
         access_log=access_log)
 
 
+@app.command()
+def forget(
+    user_id: Annotated[str, typer.Argument(help="the user to erase")],
+    db: Annotated[Path, typer.Option(help=DB_HELP)] = DEFAULT_DB,
+) -> None:
+    """Erase a user: events, profile, dead letters, segment log, model factors (JSON receipt)."""
+    from portrait.privacy.erasure import forget as erase
+
+    try:
+        if not (db / "portrait.sqlite").exists():
+            raise StoreError(f"no portrait database at {str(db)!r}")
+        engine = _open_engine(db, writer=True)
+        try:
+            receipt = erase(engine, user_id)
+        finally:
+            engine.store.close()
+    except PortraitError as exc:
+        _fail(exc)
+    _emit(receipt)
+
+
 keys_app = typer.Typer(help="API keys of portrait serve (scopes: ingest, read, admin)",
                        no_args_is_help=True)
 

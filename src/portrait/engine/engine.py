@@ -191,6 +191,21 @@ class Engine:
         """Every user's current state row (the writer's cache; loaded on first use)."""
         return self._load_states()
 
+    def forget(self, user_id: str) -> dict[str, int]:
+        """Erase ``user_id`` from the store and from this engine's caches (counts by kind).
+
+        See :mod:`portrait.privacy.erasure` for what is erased and what is not.
+        """
+        removed = self.store.forget(user_id)
+        keep = pl.col(USER) != user_id
+        if self._states is not None:
+            self._states = self._states.filter(keep)
+        self._overlay = self._overlay.filter(keep)
+        if self._members is not None:
+            self._members = self._members.filter(keep)
+        self.last_committed = self.agg.empty()
+        return removed
+
     def refresh_segments(self) -> int:
         """Re-evaluate every user's segments at the watermark and log what changed.
 

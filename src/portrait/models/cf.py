@@ -48,6 +48,7 @@ with ``allow_pickle=False``) plus ``meta.json``.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ import scipy.sparse as sp
 from scipy.linalg import lapack
 
 from portrait.errors import StoreError, UsageError
+from portrait.fsutil import fsync_path
 
 DEFAULT_INTERACTIONS: dict[str, float] = {
     "view": 1.0,
@@ -376,6 +378,29 @@ class ALSModel:
                 "trained_at": self.trained_at, "n_interactions": self.n_interactions,
                 "params": asdict(self.params)}
         (directory / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+    @staticmethod
+    def erase_user(directory: Path, user_id: str) -> bool:
+        """Rewrite a saved model without ``user_id``'s factor row (erasure); True if it had one.
+
+        The file is replaced atomically (temporary file, fsync, rename). Item
+        factors still carry the user's past interactions, blended with
+        everyone's, until the next training (which no longer sees them).
+        """
+        path = Path(directory) / NPZ
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        keep = arrays["user_ids"] != user_id
+        if bool(keep.all()):
+            return False
+        arrays["user_ids"] = arrays["user_ids"][keep]
+        arrays["user_factors"] = arrays["user_factors"][keep]
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        fsync_path(tmp)
+        os.replace(tmp, path)
+        fsync_path(path.parent)
+        return True
 
     @classmethod
     def load(cls, directory: Path) -> Self:

@@ -138,6 +138,10 @@ class ModelRegistry:
         os.replace(tmp, home / CURRENT)
         fsync_path(home)
 
+    def version_path(self, name: str, version: int) -> Path:
+        """The directory of one saved version."""
+        return self._home(name) / version_dir(version)
+
     def load(self, name: str, cls: type[L], version: int | None = None) -> L:
         """Load ``version`` (default: current) of ``name`` with ``cls.load``."""
         v = self.current(name) if version is None else version

@@ -68,6 +68,21 @@ def registry(engine: Engine) -> ModelRegistry:
     return ModelRegistry(Path(root) / "models")
 
 
+def forget_user(engine: Engine, user_id: str) -> int:
+    """Remove ``user_id``'s factors from every saved ALS version; returns how many changed.
+
+    The other models hold no per-user rows (propensity models and clusters
+    keep only weights and centroids)."""
+    root = getattr(engine.store, "root", None)
+    if root is None or not (Path(root) / "models").is_dir():
+        return 0
+    from portrait.models.cf import ALSModel
+
+    reg = registry(engine)
+    return sum(ALSModel.erase_user(reg.version_path(ALS, v), user_id)
+               for v in reg.versions(ALS))
+
+
 def interaction_weights(engine: Engine) -> dict[str, float]:
     """The spec's ``interactions`` over the defaults."""
     return {**DEFAULT_INTERACTIONS, **dict(engine.spec.interactions)}

@@ -114,6 +114,11 @@ class Store(Protocol):
         """Current rule-segment memberships (``MEMBERSHIP_SCHEMA``)."""
         ...
 
+    def forget(self, user_id: str) -> dict[str, int]:
+        """Erase every row of ``user_id`` (events, state, dead letters, memberships,
+        segment changes); returns counts by kind (see ``EmbeddedStore.forget``)."""
+        ...
+
     def segment_changes(
         self, user_id: str | None = None, segment: str | None = None, *, after: int = 0,
         limit: int | None = None,

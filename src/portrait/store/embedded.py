@@ -140,6 +140,7 @@ class EmbeddedStore:
         self._compact_wake = threading.Event()
         self._compact_stop = False
         self._compact_idle = threading.Event()
+        self._compact_lock = threading.Lock()  # one merge or erasure at a time
         self.compaction_error: Exception | None = None
         if writer:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -498,6 +499,77 @@ class EmbeddedStore:
                 (json.dumps(commit.spec_text),),
             )
 
+    # -- erasure ---------------------------------------------------------
+    def forget(self, user_id: str) -> dict[str, int]:
+        """Remove every row of ``user_id`` from the store's files and tables (GDPR erasure).
+
+        Each Parquet file holding the user (log and state) is rewritten without
+        them under a new name and the old file deleted; their dead letters,
+        memberships and segment changes are deleted; the counters drop by what
+        was removed; then SQLite is vacuumed and its WAL truncated so no free
+        page keeps the deleted bytes. The watermark does not move back. Holds
+        the compaction lock, so a background merge cannot resurrect a file.
+        Returns what was removed, by kind.
+        """
+        self._require_writer()
+        with self._compact_lock:
+            return self._forget(user_id)
+
+    def _forget(self, user_id: str) -> dict[str, int]:
+        rewrites: list[tuple[str, int, str, str | None, int]] = []  # kind, seq, old, new, rows
+        removed = {"events": 0, "state_rows": 0}
+        for kind, count in (("log", "events"), ("state", "state_rows")):
+            for seq, name, _ in _file_rows(self.db, kind):
+                frame = pl.read_parquet(self.root / name)
+                mine = frame.filter(pl.col(USER) == user_id).height
+                if not mine:
+                    continue
+                removed[count] += mine
+                rest = frame.filter(pl.col(USER) != user_id)
+                new = None
+                if rest.height:
+                    new = f"{kind}/{seq:08d}-e{time.time_ns() // 1000}.parquet"
+                    self._write_parquet(rest, new)
+                rewrites.append((kind, seq, name, new, rest.height))
+        for sub in ("log", "state"):
+            fsync_path(self.root / sub)
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for kind, seq, _, new, rows in rewrites:
+                if new is None:
+                    db.execute("DELETE FROM files WHERE kind = ? AND seq = ?", (kind, seq))
+                else:
+                    db.execute("UPDATE files SET name = ?, rows = ? WHERE kind = ? AND seq = ?",
+                               (new, rows, kind, seq))
+            for table, key in (("dead_letters", "dead_letters"), ("memberships", "memberships"),
+                               ("segment_changes", "segment_changes")):
+                removed[key] = db.execute(
+                    f"DELETE FROM {table} WHERE user_id = ?", (user_id,)  # table: fixed names
+                ).rowcount
+
+            def lower(key: str, n: int) -> None:
+                cur = int(self._get_meta(key) or 0)
+                db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                           (key, json.dumps(max(0, cur - n))))
+
+            lower("accepted", removed["events"])
+            lower("rejected", removed["dead_letters"])
+            lower("users", 1 if removed["state_rows"] else 0)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        for _, _, old, _, _ in rewrites:
+            with contextlib.suppress(FileNotFoundError):
+                (self.root / old).unlink()
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.execute("VACUUM")  # free pages would still hold the deleted rows
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._seen = None  # the user's event ids are gone from the log: rebuilt on demand
+        removed["files_rewritten"] = len(rewrites)
+        return removed
+
     # -- compaction ------------------------------------------------------
     def _maybe_compact(self) -> None:
         """Tiered compaction, inline: one merge per commit at most (see ``_compact_once``)."""
@@ -562,6 +634,10 @@ class EmbeddedStore:
         Runs are always adjacent in commit order (a state file's rows win over
         older files' rows).
         """
+        with self._compact_lock:
+            return self._compact_locked(db)
+
+    def _compact_locked(self, db: sqlite3.Connection) -> bool:
         state_files = _file_rows(db, "state")
         if len(state_files) > MAX_STATE_FILES:
             run = _tail_run(state_files)

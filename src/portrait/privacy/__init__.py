@@ -1,0 +1,1 @@
+"""Privacy by construction (issue #6): erasure so far (:mod:`portrait.privacy.erasure`)."""
