@@ -196,6 +196,11 @@ class Client:
         return result
 
     # -- operations ---------------------------------------------------------
+    def forget(self, user_id: str) -> dict[str, Any]:
+        """``DELETE /v1/users/{user_id}`` (admin): erase a user; returns the receipt."""
+        result: dict[str, Any] = self._json("DELETE", f"/v1/users/{quote(user_id, safe='')}")
+        return result
+
     def health(self) -> dict[str, Any]:
         """``/healthz`` (a stopped writer raises UnavailableError)."""
         result: dict[str, Any] = self._json("GET", "/healthz")

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 import portrait
-from portrait.serve import dashboard, ingest, ops, population, problems, profiles
+from portrait.serve import dashboard, ingest, ops, population, problems, profiles, users
 from portrait.serve.metrics import LatencyMiddleware
 from portrait.serve.settings import ServeSettings
 from portrait.serve.state import ServerState
@@ -40,7 +40,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
                   lifespan=lifespan, generate_unique_id_function=lambda route: route.name,
                   docs_url=None, redoc_url=None)  # their pages load scripts from a CDN
     app.state.portrait = state
-    for module in (ingest, profiles, population, ops):
+    for module in (ingest, profiles, population, users, ops):
         app.include_router(module.router)
     dashboard.mount_dashboard(app, settings.report_dir)
     problems.install(app)

@@ -34,3 +34,4 @@ def require(scope: str) -> Callable[..., Awaitable[ApiKey]]:
 
 Ingest = Annotated[ApiKey, Depends(require("ingest"))]
 Read = Annotated[ApiKey, Depends(require("read"))]
+Admin = Annotated[ApiKey, Depends(require("admin"))]

@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import polars as pl
 
@@ -47,6 +48,7 @@ from portrait.errors import UnavailableError
 from portrait.events.schema import DeadLetter, empty_events
 
 ACCEPTED, DUPLICATE = "accepted", "duplicate"
+T = TypeVar("T")
 
 
 @dataclass
@@ -82,6 +84,14 @@ class GroupStats:
 
 
 _STOP = object()
+
+
+@dataclass
+class Task:
+    """Work for the writer thread between two commits (erasure): ``fn(engine)``."""
+
+    fn: Callable[[Engine], Any]
+    future: Future[Any] = field(default_factory=Future)
 
 
 class MicroBatcher:
@@ -190,11 +200,33 @@ class MicroBatcher:
                 continue
             if first is _STOP:
                 return
+            if isinstance(first, Task):
+                self._run_task(first)
+                continue
             assert isinstance(first, Ticket)
             group, stop = self._gather(first)
-            self._commit(group)
+            if group:
+                self._commit(group)
             if stop:
                 return
+
+    def call(self, fn: Callable[[Engine], T]) -> Future[T]:
+        """Run ``fn(engine)`` in the writer thread after the commits queued before it."""
+        with self._lock:
+            if not self.alive:
+                raise UnavailableError(f"the ingest writer has stopped: {self.failure!r}")
+        task = Task(fn)
+        self._queue.put(task)
+        return task.future
+
+    def _run_task(self, task: Task) -> None:
+        try:
+            result = task.fn(self.engine)
+        except BaseException as exc:  # the engine's caches may be off: stop, as for a commit
+            self.failure = self.failure or exc
+            task.future.set_exception(exc)
+        else:
+            task.future.set_result(result)
 
     def _refresh(self) -> None:
         """Segments of everyone at the watermark (decay, windows), committed; then published."""
@@ -216,6 +248,10 @@ class MicroBatcher:
                 break
             if item is _STOP:
                 return group, True
+            if isinstance(item, Task):  # commit what came before it, then run it
+                self._commit(group)
+                self._run_task(item)
+                return [], False
             assert isinstance(item, Ticket)
             group.append(item)
             size += item.size

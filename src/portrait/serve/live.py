@@ -134,3 +134,8 @@ class Live:
                 while len(self._cache) > self._cap:
                     self._cache.popitem(last=False)
         return out
+
+    def drop(self, user_id: str) -> None:
+        """Forget a cached answer (erasure)."""
+        with self._lock:
+            self._cache.pop(user_id, None)

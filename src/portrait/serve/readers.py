@@ -116,6 +116,15 @@ class Readers:
         reg = service.registry(engine)
         return tuple((name, reg.current(name)) for name in reg.names())
 
+    def invalidate(self) -> None:
+        """Drop every cached answer, the population and the recommender (after an erasure)."""
+        with self._lock:
+            self._profiles.clear()
+        with self._pop_lock:
+            self._population = None
+        with self._rec_lock:
+            self._rec = None
+
     # -- answer cache (profiles, histories, events, distributions) -----------
     def cached(self, key: Hashable, make: Callable[[], dict[str, Any]]
                        ) -> dict[str, Any]:

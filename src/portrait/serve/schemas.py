@@ -218,3 +218,11 @@ class Health(BaseModel):
     events: int
     users: int
     compaction_error: str | None = None  # background compaction stopped (data stays correct)
+
+
+class ErasureReceipt(BaseModel):
+    user_id: str
+    erased_at: str
+    found: bool
+    removed: dict[str, int]  # events, state_rows, dead_letters, memberships, ... by kind
+    kept: str
