@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from portrait.errors import PortraitError, SourceError, StoreError
+from portrait.errors import PortraitError, SourceError, StoreError, UsageError
 from portrait.timeutil import format_us, parse_time_arg
 
 app = typer.Typer(
@@ -479,6 +479,38 @@ def forget(
     except PortraitError as exc:
         _fail(exc)
     _emit(receipt)
+
+
+@app.command()
+def retention(
+    age: Annotated[str, typer.Argument(help="keep raw events this long before the watermark "
+                                            "(e.g. 365d, 52w), or 'off'")],
+    db: Annotated[Path, typer.Option(help=DB_HELP)] = DEFAULT_DB,
+) -> None:
+    """Set the raw-event retention and purge what is past it now (docs/semantics.md)."""
+    from portrait.timeutil import format_duration, format_us, parse_duration
+
+    try:
+        if age.strip().lower() == "off":
+            keep = None
+        else:
+            try:
+                keep = parse_duration(age)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from exc
+        if not (db / "portrait.sqlite").exists():
+            raise StoreError(f"no portrait database at {str(db)!r}")
+        engine = _open_engine(db, writer=True)
+        try:
+            engine.store.set_retention(keep)
+            purged = engine.apply_retention()
+            _, cutoff = engine.store.retention()
+        finally:
+            engine.store.close()
+    except PortraitError as exc:
+        _fail(exc)
+    _emit({"retention": None if keep is None else format_duration(keep),
+           "purged_before": None if cutoff is None else format_us(cutoff), "purged": purged})
 
 
 keys_app = typer.Typer(help="API keys of portrait serve (scopes: ingest, read, admin)",

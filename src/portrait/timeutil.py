@@ -39,6 +39,17 @@ def parse_duration(text: str) -> int:
     return int(m.group(1)) * _UNIT_S[m.group(2)] * US_PER_S
 
 
+def format_duration(us: int) -> str:
+    """Microseconds -> the largest exact unit of ``parse_duration`` (``'365d'``, ``'90m'``)."""
+    seconds, rest = divmod(us, US_PER_S)
+    if rest:
+        return f"{us}us"
+    for unit in ("w", "d", "h", "m", "s"):
+        if seconds % _UNIT_S[unit] == 0:
+            return f"{seconds // _UNIT_S[unit]}{unit}"
+    raise AssertionError("unreachable: every whole second is a multiple of 1 s")
+
+
 def epoch_number_to_us(x: float) -> int:
     """Epoch seconds or milliseconds (told apart by magnitude) -> microseconds."""
     if not math.isfinite(x) or abs(x) >= EPOCH_MAX:

@@ -187,3 +187,32 @@ def test_idle_writer_logs_exits_that_time_alone_caused(seeded: Path, tmp_path: P
         assert log[1]["change"] == "exit"
         assert log[1]["cause"].startswith("re-evaluated at 2030-02-15T00:00:00")
         assert "big_spender" not in api.profile("rf-a")["segments"]
+
+
+def test_events_before_the_retention_cutoff_are_rejected_by_the_writer(seeded: Path,
+                                                                       tmp_path: Path) -> None:
+    """With a retention set, a posted event older than watermark - retention gets
+    ``rejected`` with a reason naming ts (decided in the writer, where the cutoff is exact);
+    a recent one is accepted."""
+    import shutil
+
+    from tests.serve.harness import serving
+
+    from portrait.timeutil import format_us, parse_duration
+
+    template = tmp_path / "template"
+    shutil.copytree(seeded, template)
+    with open_store(template, writer=True) as store:
+        store.set_retention(parse_duration("1d"))
+        wm = store.meta().watermark
+    assert wm is not None
+    with serving(template, tmp_path / "run") as srv, Client(srv.url, srv.admin) as api:
+        old = event("ret-a", format_us(wm - parse_duration("2d")))
+        new = event("ret-a", format_us(wm))
+        got = api.ingest([old, new])
+        assert (got["accepted"], got["rejected"]) == (1, 1)
+        assert got["results"][0]["status"] == "rejected"
+        assert got["results"][0]["reason"].startswith("ts: ")
+        assert "retention cutoff" in got["results"][0]["reason"]
+        assert got["results"][1]["status"] == "accepted"
+        assert api.profile("ret-a")["features"]["events_total"] == 1

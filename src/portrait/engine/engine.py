@@ -26,12 +26,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
 import polars as pl
 
 from portrait.engine.output import profile_json
 from portrait.errors import StoreError, UnknownSegmentError, UnknownUserError
 from portrait.events.readers import read_events, source_fingerprint
-from portrait.events.schema import EVENT_COLUMNS, DeadLetter
+from portrait.events.schema import EVENT_COLUMNS, LINE_COLUMN, DeadLetter
 from portrait.features import ProfileAggregator
 from portrait.features.base import USER
 from portrait.spec.loader import parse_spec
@@ -41,6 +42,7 @@ from portrait.store.base import Checkpoint, Commit, Store
 from portrait.timeutil import format_us
 
 DEFAULT_BATCH_SIZE = 2_000_000
+PURGE_STEP_US = 86_400_000_000  # retention purges when its cutoff moved a day: log rewrites
 ROW_BATCH_MAX = 256  # about where the Python fold stops being cheaper (BENCHMARKS.md)
 T = TypeVar("T")
 
@@ -131,8 +133,32 @@ class Engine:
         self._run = (run_key, True)
         self._commit_pending(None)
         self._run = None
+        self.apply_retention()
         summary.watermark = self.watermark
         return summary
+
+    # -- retention -------------------------------------------------------
+    def split_retained(self, events: pl.DataFrame, source: str
+                       ) -> tuple[pl.DataFrame, list[DeadLetter]]:
+        """Events within the retention period, and dead letters for those before it.
+
+        An event older than ``watermark - retention`` is refused: its raw row
+        would be purged at once, and with it the record that it was counted, so
+        a copy sent later could not be recognised as a duplicate.
+        """
+        return split_retained(events, source, retention_cutoff(self.watermark,
+                                                               *self.store.retention()))
+
+    def apply_retention(self) -> dict[str, int]:
+        """Purge logged events older than ``watermark - retention`` (when a retention is set
+        and the cutoff moved by a day or more since the last purge). Counts by kind."""
+        retention, purged = self.store.retention()
+        if retention is None or self.watermark is None:
+            return {"events": 0, "files_rewritten": 0}
+        cutoff = self.watermark - retention
+        if purged is not None and cutoff < purged + PURGE_STEP_US:
+            return {"events": 0, "files_rewritten": 0}
+        return self.store.purge_before(cutoff)
 
     def _ingest_file(
         self,
@@ -158,13 +184,15 @@ class Engine:
             self._commit_pending(cp)
         while pending is not None:
             batch, pending = pending, next(batches, None)
-            accepted, dups = self._apply(batch.events, batch.rejects)
+            events, expired = self.split_retained(batch.events, batch.source)
+            rejects = [*batch.rejects, *expired]
+            accepted, dups = self._apply(events, rejects)
             cp = Checkpoint(
                 fp,
                 path,
                 batch.rows_end,
                 cp.accepted + accepted,
-                cp.rejected + len(batch.rejects),
+                cp.rejected + len(rejects),
                 cp.duplicates + dups,
                 complete=pending is None,
             )
@@ -473,6 +501,35 @@ class Engine:
         values = self.read_at(at)
         seg = self.segments_frame(values)
         return sorted(seg.filter(pl.col(name))[USER].to_list())
+
+
+def retention_cutoff(watermark: int | None, retention: int | None, purged: int | None
+                     ) -> int | None:
+    """Events before this time are refused: past the retention period, or before the last
+    purge (whose events are gone from the log, so a resent copy could not be recognised
+    as a duplicate, even after the retention was turned off). None: no limit."""
+    limits = [c for c in (purged, None if retention is None or watermark is None
+                          else watermark - retention) if c is not None]
+    return max(limits) if limits else None
+
+
+def split_retained(events: pl.DataFrame, source: str, cutoff: int | None
+                   ) -> tuple[pl.DataFrame, list[DeadLetter]]:
+    """``events`` with ``ts >= cutoff``, and dead letters for the others (line from
+    ``_line``; raw is the validated event as JSON)."""
+    if cutoff is None or events.height == 0:
+        return events, []
+    old = events["ts"] < cutoff
+    if not old.any():
+        return events, []
+    why = f"ts: before the retention cutoff {format_us(cutoff)} (raw events are purged)"
+    dead = []
+    for row in events.filter(old).to_dicts():
+        line = int(row.pop(LINE_COLUMN, 0) or 0)
+        raw = {k: format_us(v) if k == "ts" else v for k, v in row.items() if v is not None}
+        dead.append(DeadLetter(source, line, f"{why}: {raw['ts']}",
+                               orjson.dumps(raw).decode(), row["user_id"]))
+    return events.filter(~old), dead
 
 
 def _no_events() -> pl.DataFrame:

@@ -22,7 +22,8 @@ answered 200 can read its own events at once.
 When no event has arrived for ``refresh_idle_s`` and the watermark moved since
 the last time, the writer re-evaluates every user's segments at the watermark
 (:meth:`~portrait.engine.engine.Engine.refresh_segments`), so exits caused by
-decay or a window expiring are logged for users who post nothing more, as
+decay or a window expiring are logged for users who post nothing more, and
+purges raw events past the retention period (``apply_retention``), as
 ``portrait ingest`` does at the end of each command.
 
 If a commit fails the writer stops taking events (the engine's in-memory
@@ -43,11 +44,11 @@ from typing import Any, TypeVar
 
 import polars as pl
 
-from portrait.engine.engine import Engine
+from portrait.engine.engine import Engine, retention_cutoff, split_retained
 from portrait.errors import UnavailableError
 from portrait.events.schema import DeadLetter, empty_events
 
-ACCEPTED, DUPLICATE = "accepted", "duplicate"
+ACCEPTED, DUPLICATE, EXPIRED = "accepted", "duplicate", "expired"
 T = TypeVar("T")
 
 
@@ -57,6 +58,7 @@ class Committed:
 
     statuses: list[str]  # one per submitted event, in order
     watermark: int | None
+    cutoff: int | None = None  # the retention cutoff the writer applied (EXPIRED events)
 
 
 @dataclass
@@ -193,8 +195,8 @@ class MicroBatcher:
         while True:
             try:
                 first = self._queue.get(timeout=self.refresh_idle_s)
-            except queue.Empty:  # idle: log the exits that time alone caused
-                if self.engine.watermark != refreshed and self.engine.spec.segments:
+            except queue.Empty:  # idle: what time alone caused (segment exits, retention)
+                if self.engine.watermark != refreshed:
                     refreshed = self.engine.watermark
                     self._refresh()
                 continue
@@ -231,7 +233,9 @@ class MicroBatcher:
     def _refresh(self) -> None:
         """Segments of everyone at the watermark (decay, windows), committed; then published."""
         try:
-            self.engine.refresh_segments()
+            if self.engine.spec.segments:
+                self.engine.refresh_segments()
+            self.engine.apply_retention()
             if self.publish is not None:
                 self.publish(self.engine)
         except BaseException as exc:  # the writer's caches may be off: stop taking events
@@ -265,9 +269,18 @@ class MicroBatcher:
             frames = [t.events for t in group if t.events.height]
             events = pl.concat(frames, how="vertical_relaxed") if frames else empty_events()
             rejects = _renumber(group)
-            ids = events["event_id"]
+            # Past the retention cutoff: refused here, in the writer, where the cutoff
+            # is exact (a purge may have just moved it).
+            cutoff = retention_cutoff(self.engine.watermark, *self.engine.store.retention())
+            expired = (events["ts"] < cutoff) if cutoff is not None else None
+            kept = events
+            if expired is not None and expired.any():
+                late = sum(t.size for t in group)
+                kept, dead = split_retained(events, "api", cutoff)
+                rejects += [dataclasses.replace(d, line=late + i + 1) for i, d in enumerate(dead)]
+            ids = kept["event_id"]
             fresh = ids.is_first_distinct() & ~self.engine.store.seen(ids)
-            accepted, dups = self.engine.ingest_events(events, rejects)
+            accepted, dups = self.engine.ingest_events(kept, rejects)
             if self.publish is not None:  # readers see the commit before anyone is answered
                 self.publish(self.engine)
         except BaseException as exc:
@@ -277,13 +290,16 @@ class MicroBatcher:
             self._release(group)
             return
         done = time.perf_counter()
-        statuses = [ACCEPTED if f else DUPLICATE for f in fresh.to_list()]
+        fresh_of_kept = iter(fresh.to_list())
+        statuses = [EXPIRED if gone else (ACCEPTED if next(fresh_of_kept) else DUPLICATE)
+                    for gone in (expired.to_list() if expired is not None
+                                 else [False] * events.height)]
         wm = self.engine.watermark
         start = 0
         for t in group:
             mine = statuses[start:start + t.events.height]
             start += t.events.height
-            t.future.set_result(Committed(mine, wm))
+            t.future.set_result(Committed(mine, wm, cutoff))
         self._release(group)
         if self.on_commit is not None:
             self.on_commit(GroupStats(accepted, dups, len(rejects), done - started,

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from portrait.events.schema import DeadLetter
 from portrait.serve import body
 from portrait.serve.auth import Ingest
-from portrait.serve.batcher import Committed
+from portrait.serve.batcher import EXPIRED, Committed
 from portrait.serve.problems import PROBLEM_RESPONSES
 from portrait.serve.responses import JSON
 from portrait.serve.schemas import EventBatchIn, EventIn, IngestResult
@@ -54,15 +54,24 @@ def results(n: int, events: pl.DataFrame, rejects: list[DeadLetter],
     for d in rejects:
         out[d.line - 1] = {"index": d.line - 1, "status": "rejected", "reason": d.reason}
     statuses = committed.statuses if committed is not None else ["queued"] * events.height
-    for line, event_id, status in zip(events["_line"].to_list(), events["event_id"].to_list(),
-                                      statuses, strict=True):
+    expired = 0
+    for line, event_id, ts, status in zip(events["_line"].to_list(),
+                                          events["event_id"].to_list(), events["ts"].to_list(),
+                                          statuses, strict=True):
         out[line - 1] = {"index": line - 1, "status": status, "event_id": event_id}
+        if status == EXPIRED:
+            assert committed is not None
+            assert committed.cutoff is not None
+            expired += 1
+            out[line - 1] = {"index": line - 1, "status": "rejected", "event_id": event_id,
+                             "reason": f"ts: {format_us(ts)} is before the retention cutoff "
+                                       f"{format_us(committed.cutoff)} (raw events are purged)"}
     accepted = sum(1 for s in statuses if s == "accepted")
     wm = committed.watermark if committed is not None else None
     return {
         "accepted": accepted,
         "duplicates": sum(1 for s in statuses if s == "duplicate"),
-        "rejected": len(rejects),
+        "rejected": len(rejects) + expired,
         "queued": 0 if committed is not None else events.height,
         "durable": committed is not None,
         "watermark": None if wm is None else format_us(wm),

@@ -114,6 +114,16 @@ class Store(Protocol):
         """Current rule-segment memberships (``MEMBERSHIP_SCHEMA``)."""
         ...
 
+    def retention(self) -> tuple[int | None, int | None]:
+        """(configured retention in µs or None, latest purge cutoff or None)."""
+        ...
+
+    def set_retention(self, retention_us: int | None) -> None: ...
+
+    def purge_before(self, cutoff: int) -> dict[str, int]:
+        """Delete logged events with ``ts < cutoff``; states stay (retention)."""
+        ...
+
     def forget(self, user_id: str) -> dict[str, int]:
         """Erase every row of ``user_id`` (events, state, dead letters, memberships,
         segment changes); returns counts by kind (see ``EmbeddedStore.forget``)."""

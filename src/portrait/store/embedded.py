@@ -570,6 +570,70 @@ class EmbeddedStore:
         removed["files_rewritten"] = len(rewrites)
         return removed
 
+    # -- retention -------------------------------------------------------
+    def purge_before(self, cutoff: int) -> dict[str, int]:
+        """Delete every logged event with ``ts < cutoff`` (retention); states are kept.
+
+        Log files holding such events are rewritten without them (the old files
+        deleted), ``purged_before`` is recorded and the ``accepted`` counter
+        drops by what went (so answers cached by data version are recomputed).
+        Returns ``{"events": n, "files_rewritten": k}``.
+        """
+        self._require_writer()
+        with self._compact_lock:
+            rewrites: list[tuple[int, str, str | None, int]] = []
+            purged = 0
+            for seq, name, _ in _file_rows(self.db, "log"):
+                lf = pl.scan_parquet(self.root / name)
+                oldest = lf.select(pl.col("ts").min()).collect().item()
+                if oldest is None or oldest >= cutoff:
+                    continue
+                frame = lf.collect()
+                rest = frame.filter(pl.col("ts") >= cutoff)
+                purged += frame.height - rest.height
+                new = None
+                if rest.height:
+                    new = f"log/{seq:08d}-r{time.time_ns() // 1000}.parquet"
+                    self._write_parquet(rest, new)
+                rewrites.append((seq, name, new, rest.height))
+            fsync_path(self.root / "log")
+            db = self.db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for seq, _, new, rows in rewrites:
+                    if new is None:
+                        db.execute("DELETE FROM files WHERE kind = 'log' AND seq = ?", (seq,))
+                    else:
+                        db.execute("UPDATE files SET name = ?, rows = ? WHERE kind = 'log' "
+                                   "AND seq = ?", (new, rows, seq))
+                accepted = int(self._get_meta("accepted") or 0)
+                before = self._get_meta("purged_before")
+                for key, value in (("accepted", max(0, accepted - purged)),
+                                   ("purged_before", max(cutoff, before or cutoff))):
+                    db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                               (key, json.dumps(value)))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            for _, old, _, _ in rewrites:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.root / old).unlink()
+            if purged:
+                self._seen = None  # rebuilt from what the log still holds
+            return {"events": purged, "files_rewritten": len(rewrites)}
+
+    def retention(self) -> tuple[int | None, int | None]:
+        """(the configured retention in µs or None, the latest purge cutoff or None)."""
+        with self.pinned():
+            return self._get_meta("retention_us"), self._get_meta("purged_before")
+
+    def set_retention(self, retention_us: int | None) -> None:
+        """Keep raw events this long before the watermark (None: forever)."""
+        self._require_writer()
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('retention_us', ?)",
+                        (json.dumps(retention_us),))
+
     # -- compaction ------------------------------------------------------
     def _maybe_compact(self) -> None:
         """Tiered compaction, inline: one merge per commit at most (see ``_compact_once``)."""
