@@ -513,13 +513,16 @@ def retention(
            "purged_before": None if cutoff is None else format_us(cutoff), "purged": purged})
 
 
-keys_app = typer.Typer(help="API keys of portrait serve (scopes: ingest, read, admin)",
-                       no_args_is_help=True)
+keys_app = typer.Typer(
+    help="API keys of portrait serve (scopes: ingest, read, read_aggregate, admin)",
+    no_args_is_help=True)
 
 
 @keys_app.command("create")
 def keys_create(
-    scope: Annotated[str, typer.Option(help="comma-separated: ingest, read, admin")] = "read",
+    scope: Annotated[str, typer.Option(
+        help="comma-separated: ingest, read, read_aggregate (differentially private), admin")
+    ] = "read",
     db: Annotated[Path, typer.Option(help=DB_HELP)] = DEFAULT_DB,
 ) -> None:
     """Make a key and print it once (only its SHA-256 is stored)."""

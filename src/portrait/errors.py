@@ -138,6 +138,10 @@ class PermissionDeniedError(PortraitError):
     exit_code = 2
 
 
+class BudgetExhaustedError(PermissionDeniedError):
+    """A key without admin scope whose differential-privacy budget cannot pay for a query."""
+
+
 class NotFoundError(PortraitError):
     """A route, or a file behind a route (an audience export), that does not exist."""
 

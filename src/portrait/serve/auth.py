@@ -34,4 +34,6 @@ def require(scope: str) -> Callable[..., Awaitable[ApiKey]]:
 
 Ingest = Annotated[ApiKey, Depends(require("ingest"))]
 Read = Annotated[ApiKey, Depends(require("read"))]
+# Aggregates: keys with read (exact answers) or only read_aggregate (differentially private)
+Aggregate = Annotated[ApiKey, Depends(require("read_aggregate"))]
 Admin = Annotated[ApiKey, Depends(require("admin"))]

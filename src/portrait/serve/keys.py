@@ -33,7 +33,8 @@ from portrait.errors import (
 from portrait.fsutil import fsync_path
 
 KEYS_FILE = "api-keys.json"
-SCOPES = ("ingest", "read", "admin")
+SCOPES = ("ingest", "read", "read_aggregate", "admin")
+ALIASES = {"read_profile": "read"}  # the privacy issue's name for read
 PREFIX = "prt_"
 
 
@@ -47,12 +48,19 @@ class ApiKey:
     created: float  # epoch seconds
 
     def allows(self, scope: str) -> bool:
+        if scope == "read_aggregate" and "read" in self.scopes:
+            return True  # who may read every profile may read their aggregates
         return scope in self.scopes or "admin" in self.scopes
+
+    @property
+    def private(self) -> bool:
+        """Aggregates only: answers get differential-privacy noise (privacy/dp.py)."""
+        return not self.allows("read")
 
 
 def parse_scopes(text: str) -> tuple[str, ...]:
     """``"read,ingest"`` -> ``("ingest", "read")``; an unknown scope is a UsageError."""
-    scopes = sorted({s.strip() for s in text.split(",") if s.strip()})
+    scopes = sorted({ALIASES.get(s.strip(), s.strip()) for s in text.split(",") if s.strip()})
     bad = [s for s in scopes if s not in SCOPES]
     if bad or not scopes:
         raise UsageError(f"bad scopes {text!r}: use a comma-separated list of {', '.join(SCOPES)}")

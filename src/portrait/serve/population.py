@@ -12,9 +12,9 @@ from starlette.responses import FileResponse
 
 from portrait.audience import export as write_export
 from portrait.engine.engine import Engine
-from portrait.errors import NotFoundError
+from portrait.errors import NotFoundError, PermissionDeniedError, UsageError
 from portrait.serve import queries
-from portrait.serve.auth import Read
+from portrait.serve.auth import Aggregate, Read
 from portrait.serve.problems import PROBLEM_RESPONSES
 from portrait.serve.responses import JSON
 from portrait.serve.schemas import (
@@ -37,9 +37,22 @@ MEDIA = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
 
 
 @router.get("/v1/segments", response_model=Segments, summary="Segments: rules and sizes")
-def get_segments(request: Request, _key: Read) -> JSON:
-    readers = server(request).readers
-    return JSON(readers.read(lambda e: queries.segments(readers, e)))
+def get_segments(request: Request, key: Aggregate) -> JSON:
+    """Rules and sizes; for keys with only ``read_aggregate`` the sizes and the population
+    are differentially private (``privacy`` says how)."""
+    st = server(request)
+    readers = st.readers
+    out, version = readers.read(lambda e: (queries.segments(readers, e), readers.version(e)))
+    if key.private:
+        segs = out["segments"]
+        noised = st.ledger.noisy(key.key_id, ("segments", version),
+                                 [out["population"], *(s["size"] for s in segs)],
+                                 sensitivity=1 + len(segs))  # one user: population + each
+        out = {**out, "population": max(0, noised.values[0]),
+               "segments": [{**seg, "size": max(0, v)}
+                            for seg, v in zip(segs, noised.values[1:], strict=True)],
+               "privacy": noised.to_json()}
+    return JSON(out)
 
 
 @router.get("/v1/segments/{name}/members", response_model=Members,
@@ -74,10 +87,16 @@ def get_changes(
 
 
 @router.post("/v1/audiences", response_model=Audience, summary="Count (and export) an audience")
-def post_audience(request: Request, spec: AudienceIn, _key: Read) -> JSON:
-    """A targeting query over features and model outputs; ``export`` writes the members."""
+def post_audience(request: Request, spec: AudienceIn, key: Aggregate) -> JSON:
+    """A targeting query over features and model outputs; ``export`` writes the members.
+
+    Keys with only ``read_aggregate`` get a differentially private count and may not export.
+    """
     st = server(request)
     at_us = queries.time_arg(spec.at)
+    if key.private and spec.export is not None:
+        raise PermissionDeniedError(
+            f"key {key.key_id} may read aggregates only: an export lists users (needs read)")
 
     def run(engine: Engine) -> dict[str, Any]:
         aud = queries.audience(st.readers, engine, spec.query, at_us)
@@ -87,7 +106,13 @@ def post_audience(request: Request, spec: AudienceIn, _key: Read) -> JSON:
                 "export": None if spec.export is None else _export(st.settings.db, aud,
                                                                     spec.export)}
 
-    return JSON(st.readers.read(run))
+    out, version = st.readers.read(lambda e: (run(e), st.readers.version(e)))
+    if key.private:
+        noised = st.ledger.noisy(key.key_id, ("audience", spec.query, at_us, version),
+                                 [out["count"], out["population"]], sensitivity=2)
+        out = {**out, "count": max(0, noised.values[0]),
+               "population": max(0, noised.values[1]), "privacy": noised.to_json()}
+    return JSON(out)
 
 
 def _export(db: Any, aud: Any, fmt: str) -> dict[str, Any]:
@@ -131,9 +156,42 @@ def get_drift(
 def get_distribution(
     request: Request,
     name: str,
-    _key: Read,
+    key: Aggregate,
+    *,
     bins: Annotated[int, Query(ge=1, le=1000, description="equal-width bins")] = 20,
+    lo: Annotated[float | None, Query(description="public lower bound (read_aggregate keys)")
+                  ] = None,
+    hi: Annotated[float | None, Query(description="public upper bound (read_aggregate keys)")
+                  ] = None,
 ) -> JSON:
-    """Histogram and quantiles at the watermark; 400 for a keyed or string feature."""
-    readers = server(request).readers
-    return JSON(readers.read(lambda e: queries.distribution(readers, e, name, bins)))
+    """Histogram and quantiles at the watermark; 400 for a keyed or string feature.
+
+    Keys with only ``read_aggregate`` must give public bounds ``lo < hi`` (a private
+    histogram cannot take its range from the data: min and max are someone's values);
+    values are clamped into them, the counts get differential-privacy noise and the
+    quantiles are read off the noisy histogram.
+    """
+    st = server(request)
+    readers = st.readers
+    if not key.private:
+        return JSON(readers.read(lambda e: queries.distribution(readers, e, name, bins)))
+    if lo is None or hi is None or not lo < hi:
+        raise UsageError("a read_aggregate key needs public bounds: pass lo and hi (lo < hi) "
+                         "in the feature's unit (epoch seconds for times)")
+    bounds = (lo, hi)
+
+    def exact(engine: Engine) -> tuple[dict[str, Any], Any]:
+        spec = queries.distribution_feature(engine, name)
+        pop = readers.population(engine)
+        return queries.bounded_distribution(spec, pop.values[name], bins, bounds,
+                                            pop.version[0]), readers.version(engine)
+
+    out, version = readers.read(exact)
+    counts = [b["count"] for b in out["bins"]]
+    noised = st.ledger.noisy(key.key_id, ("distribution", name, bins, bounds, version),
+                             [out["users"], out["nulls"], *counts], sensitivity=2)
+    noisy_bins = [{**b, "count": max(0, v)} for b, v in zip(out["bins"], noised.values[2:],
+                                                             strict=True)]
+    return JSON({**out, "users": max(0, noised.values[0]), "nulls": max(0, noised.values[1]),
+                 "bins": noisy_bins, "quantiles": queries.histogram_quantiles(noisy_bins),
+                 "privacy": noised.to_json()})

@@ -259,6 +259,42 @@ def population_distribution(spec: FeatureSpec, values: pl.Series, bins: int,
             "nulls": values.len() - int(found.size), "bins": rows, "quantiles": quantiles}
 
 
+def bounded_distribution(spec: FeatureSpec, values: pl.Series, bins: int,
+                         bounds: tuple[float, float], at: int | None) -> dict[str, Any]:
+    """The histogram of ``values`` clamped into public ``bounds`` (in the shown unit: epoch
+    seconds for times), ``bins`` equal-width bins; exact counts (noise is added by the
+    caller); quantiles left to :func:`histogram_quantiles`."""
+    time = json_type(spec) == "time"
+    scale = 1e-6 if time else 1.0
+    lo, hi = bounds
+    floats = values.cast(pl.Float64)
+    found = floats.filter(floats.is_finite()).to_numpy() * scale
+    counts, edges = np.histogram(np.clip(found, lo, hi), bins=bins, range=(lo, hi))
+    rows = [{"lo": float(edges[i]), "hi": float(edges[i + 1]), "count": int(c)}
+            for i, c in enumerate(counts)]
+    return {"feature": spec.name, "value_type": "time" if time else "number",
+            "at": None if at is None else format_us(at), "users": values.len(),
+            "nulls": values.len() - int(found.size), "bins": rows,
+            "quantiles": dict.fromkeys(QUANTILES)}
+
+
+def histogram_quantiles(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Quantiles read off a histogram: the middle of the bin where the cumulative count
+    reaches each level (post-processing of noisy counts costs no privacy)."""
+    total = sum(r["count"] for r in rows)
+    out: dict[str, float | None] = dict.fromkeys(QUANTILES)
+    if total <= 0:
+        return out
+    for name, q in QUANTILES.items():
+        seen = 0
+        for r in rows:
+            seen += r["count"]
+            if seen >= q * total:
+                out[name] = (r["lo"] + r["hi"]) / 2
+                break
+    return out
+
+
 def changes(engine: Engine, name: str, user_id: str | None, page: tuple[int, int]
             ) -> dict[str, Any]:
     """The entry/exit log of a segment, oldest first, after change ``seq`` (a cursor)."""

@@ -123,10 +123,22 @@ class SegmentInfo(BaseModel):
     size: int
 
 
+class PrivacyInfo(BaseModel):
+    """How an aggregate answer was made differentially private (read_aggregate keys)."""
+
+    mechanism: Literal["discrete_laplace"]
+    epsilon: float
+    sensitivity: int
+    scale: float
+    budget_spent: float
+    budget: float
+
+
 class Segments(BaseModel):
     as_of: str | None
     population: int
     segments: list[SegmentInfo]
+    privacy: PrivacyInfo | None = Field(None, description="read_aggregate keys: the noise")
 
 
 class Members(BaseModel):
@@ -175,6 +187,7 @@ class Audience(BaseModel):
     count: int
     population: int
     export: ExportInfo | None
+    privacy: PrivacyInfo | None = Field(None, description="read_aggregate keys: the noise")
 
 
 class HistogramBin(BaseModel):
@@ -199,6 +212,7 @@ class Distribution(BaseModel):
     bins: list[HistogramBin] = Field(
         description="equal-width bins over [min, max]; one when all values are equal")
     quantiles: Quantiles = Field(description="linear interpolation; null without values")
+    privacy: PrivacyInfo | None = Field(None, description="read_aggregate keys: the noise")
 
 
 class Drift(BaseModel):
@@ -226,3 +240,4 @@ class ErasureReceipt(BaseModel):
     found: bool
     removed: dict[str, int]  # events, state_rows, dead_letters, memberships, ... by kind
     kept: str
+

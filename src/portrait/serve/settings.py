@@ -31,4 +31,6 @@ class ServeSettings(BaseModel):
     max_queued_events: int = Field(default=1_000_000, ge=1)
     catalog_ttl_s: float = Field(default=10.0, ge=0.0)  # recommendation popularity refresh
     profile_cache: int = Field(default=10_000, ge=0)  # profile answers kept (LRU)
+    dp_epsilon: float = Field(default=0.5, gt=0.0)  # per aggregate answer, read_aggregate keys
+    dp_budget: float = Field(default=10.0, gt=0.0)  # total epsilon per read_aggregate key
     report_dir: Path | None = None  # evaluation reports for the dashboard (else $PORTRAIT_REPORT)

@@ -15,6 +15,7 @@ from starlette.requests import HTTPConnection
 
 from portrait.engine.engine import Engine
 from portrait.errors import StoreError
+from portrait.privacy.dp import Ledger
 from portrait.serve.batcher import MicroBatcher
 from portrait.serve.keys import KeyStore
 from portrait.serve.live import Live
@@ -33,6 +34,7 @@ class ServerState:
         self.readers = Readers(settings.db, profile_cache=settings.profile_cache,
                                catalog_ttl_s=settings.catalog_ttl_s)
         self.live = Live(cache=settings.profile_cache)
+        self.ledger = Ledger(settings.db, budget=settings.dp_budget, epsilon=settings.dp_epsilon)
         self.batcher: MicroBatcher | None = None
         self.metrics = Metrics(lambda: float(self.batcher.queued if self.batcher else 0))
 
