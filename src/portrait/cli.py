@@ -59,6 +59,12 @@ def ingest(
     db: Annotated[Path, typer.Option(help=DB_HELP)] = DEFAULT_DB,
     batch_size: Annotated[int, typer.Option(min=1, help="events per micro-batch")] = 500_000,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+    *,
+    pseudonymise: Annotated[bool, typer.Option(
+        "--pseudonymise",
+        help="a new database stores user ids as keyed HMAC pseudonyms (key: "
+             "$PORTRAIT_PSEUDONYM_KEY, or ~/.config/portrait/pseudonym.key, made if absent)",
+    )] = False,
 ) -> None:
     """Ingest event files; print {"accepted", "rejected", "duplicates", "watermark"}."""
     try:
@@ -70,6 +76,12 @@ def ingest(
         engine = _open_engine(db, spec, writer=True)
         engine.batch_size = batch_size
         try:
+            if pseudonymise:
+                from portrait.privacy.pseudonym import Pseudonymizer, load_key
+
+                key = load_key(create=True)
+                assert key is not None
+                engine.store.enable_pseudonyms(Pseudonymizer(key))
             summary = _run_ingest(engine, files, quiet)
         finally:
             engine.store.close()
@@ -434,6 +446,8 @@ def serve(
     spec: Annotated[Path | None, typer.Option(help="profile spec (needed for a new db)")] = None,
     access_log: Annotated[bool, typer.Option(help="log every request")] = False,
     *,
+    pseudonymise: Annotated[bool, typer.Option(
+        "--pseudonymise", help="a new database stores user ids as keyed pseudonyms")] = False,
     report: Annotated[Path | None, typer.Option(
         help="evaluation reports the dashboard shows (default: $PORTRAIT_REPORT or "
              "./portrait-report)")] = None,
@@ -456,8 +470,8 @@ def serve(
             sys.stdout.flush()
     except PortraitError as exc:
         _fail(exc)
-    run(ServeSettings(db=db, spec=spec, host=host, port=port, report_dir=report),
-        access_log=access_log)
+    run(ServeSettings(db=db, spec=spec, host=host, port=port, report_dir=report,
+                      pseudonymise=pseudonymise), access_log=access_log)
 
 
 @app.command()

@@ -55,3 +55,36 @@ def test_delete_user_erases_everything_and_the_user_can_come_back(seeded: Path,
         assert again["found"] is False
         admin.ingest(posted[:1])  # old event ids are no longer "seen": accepted as new
         assert reader.profile(USER)["features"]["events_total"] == 1
+
+
+def test_a_pseudonymised_database_served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    """Raw ids in, raw ids out, pseudonyms in every stored byte (privacy/pseudonym.py)."""
+    from tests.serve.harness import SPEC
+
+    from portrait.engine import Engine
+    from portrait.privacy.pseudonym import KEY_ENV, Pseudonymizer, load_key
+    from portrait.spec.loader import load_spec
+    from portrait.store import open_store
+
+    monkeypatch.setenv(KEY_ENV, "serve-test-pseudonym-key-0123456789")  # the server inherits it
+    template = tmp_path / "template"
+    with open_store(template, writer=True) as store:
+        key = load_key()
+        assert key is not None
+        store.enable_pseudonyms(Pseudonymizer(key))
+        Engine(load_spec(SPEC), store).ingest([SPEC.parent / "sample_history.jsonl"])
+    with serving(template, tmp_path / "run") as srv, Client(srv.url, srv.admin) as api:
+        assert api.profile("u000")["user_id"] == "u000"
+        members = api.members("big_spender")["members"]
+        assert members
+        assert all(m.startswith("p_") for m in members)
+        assert api.profile(members[0])["user_id"] == members[0]  # a pseudonym is an id too
+        api.ingest([event("raw-new-7731", "2030-01-01T00:00:00Z", text=TEXT)])
+        assert api.profile("raw-new-7731")["features"]["events_total"] == 1
+        assert api.events("raw-new-7731")["count"] == 1
+        assert _bytes_found(srv.db, "raw-new-7731") == []
+        assert _bytes_found(srv.db, '"u000"') == []
+        assert api.forget("u000")["found"] is True
+        with pytest.raises(UnknownUserError):
+            api.profile("u000")

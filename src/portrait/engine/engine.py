@@ -225,7 +225,7 @@ class Engine:
         See :mod:`portrait.privacy.erasure` for what is erased and what is not.
         """
         removed = self.store.forget(user_id)
-        keep = pl.col(USER) != user_id
+        keep = pl.col(USER) != self.store.resolve(user_id)  # caches hold stored ids
         if self._states is not None:
             self._states = self._states.filter(keep)
         self._overlay = self._overlay.filter(keep)
@@ -283,6 +283,9 @@ class Engine:
         (the end of an ingest command: decay and windows move members out
         without any new event of theirs).
         """
+        pseudo = getattr(self.store, "pseudo", None)
+        if pseudo is not None and events.height:  # nothing raw is stored (privacy/pseudonym.py)
+            events = events.with_columns(pseudo.column(events[USER]).alias(USER))
         if events.height:
             first = events["event_id"].is_first_distinct()
             fresh = first & ~self.store.seen(events["event_id"])

@@ -79,7 +79,8 @@ def forget_user(engine: Engine, user_id: str) -> int:
     from portrait.models.cf import ALSModel
 
     reg = registry(engine)
-    return sum(ALSModel.erase_user(reg.version_path(ALS, v), user_id)
+    stored = engine.store.resolve(user_id)
+    return sum(ALSModel.erase_user(reg.version_path(ALS, v), stored)
                for v in reg.versions(ALS))
 
 
@@ -237,7 +238,8 @@ def _affinities(engine: Engine, at: int | None, users: list[str]) -> dict[str, d
 
 def category_affinity(engine: Engine, user_id: str) -> dict[str, float]:
     """The user's decayed category affinity from the profile, now."""
-    return _affinities(engine, None, [user_id]).get(user_id, {})
+    stored = engine.store.resolve(user_id)
+    return _affinities(engine, None, [stored]).get(stored, {})
 
 
 def recommend(engine: Engine, user_id: str, k: int = 20, *, diversity: float = 0.0,

@@ -116,7 +116,7 @@ class Live:
             return None
         if at is not None and at < view.watermark:
             return None
-        where = view.locate(user_id)
+        where = view.locate(engine.store.resolve(user_id))  # pure: no database access
         if where is None:
             raise UnknownUserError(f"unknown user {user_id!r}")
         frame, row, seq = where
@@ -138,4 +138,4 @@ class Live:
     def drop(self, user_id: str) -> None:
         """Forget a cached answer (erasure)."""
         with self._lock:
-            self._cache.pop(user_id, None)
+            self._cache.pop(user_id, None)  # keyed by the id as asked

@@ -128,7 +128,7 @@ def _values_at(engine: Engine, user_id: str, events: pl.DataFrame, t: int, wm: i
         agg = engine.agg
         log = events.filter(pl.col("ts") <= t)
         states = agg.partial(log) if log.height else agg.empty()
-        present = pl.DataFrame({USER: [user_id]}, schema={USER: pl.String})
+        present = pl.DataFrame({USER: [engine.store.resolve(user_id)]}, schema={USER: pl.String})
         frame = agg.read(agg.conform(present.join(states, on=USER, how="left")), t)
     if frame.height == 0:
         raise UnknownUserError(f"unknown user {user_id!r}")

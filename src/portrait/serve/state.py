@@ -53,7 +53,8 @@ class ServerState:
         if spec is None and not (db / "portrait.sqlite").exists():
             raise StoreError(f"{str(db)!r} is a new database: pass --spec to serve it")
         self.batcher = MicroBatcher(
-            lambda: _writer_engine(db, spec), flush_events=self.settings.flush_events,
+            lambda: _writer_engine(db, spec, pseudonymise=self.settings.pseudonymise),
+            flush_events=self.settings.flush_events,
             flush_ms=self.settings.flush_ms, max_queued=self.settings.max_queued_events,
             on_commit=self.metrics.on_commit, publish=self.live.publish,
             refresh_idle_s=self.settings.segment_refresh_s,
@@ -82,13 +83,19 @@ def _warm_imports() -> None:
     import portrait.models.service  # noqa: F401
 
 
-def _writer_engine(db: Path, spec: Spec | None) -> Engine:
+def _writer_engine(db: Path, spec: Spec | None, *, pseudonymise: bool = False) -> Engine:
     """The writer's engine; a new database gets its spec at once, so readers can open it."""
     from portrait.store import open_store
 
     store = open_store(db, writer=True)
     store.start_background_compaction()  # a commit (and its requests) never waits for a merge
     try:
+        if pseudonymise:
+            from portrait.privacy.pseudonym import Pseudonymizer, load_key
+
+            key = load_key(create=True)
+            assert key is not None
+            store.enable_pseudonyms(Pseudonymizer(key))
         if spec is not None and store.meta().spec_text is None:
             store.set_spec(spec.text)
         return Engine(spec, store)

@@ -114,6 +114,11 @@ class Store(Protocol):
         """Current rule-segment memberships (``MEMBERSHIP_SCHEMA``)."""
         ...
 
+    def resolve(self, user_id: str) -> str:
+        """The id stored for a raw ``user_id`` (its pseudonym when the store keeps those;
+        see ``privacy/pseudonym.py``). Every lookup here resolves its ids itself."""
+        ...
+
     def retention(self) -> tuple[int | None, int | None]:
         """(configured retention in µs or None, latest purge cutoff or None)."""
         ...

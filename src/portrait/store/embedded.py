@@ -34,6 +34,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -46,8 +47,15 @@ import orjson
 import polars as pl
 
 from portrait.errors import StoreError
-from portrait.events.schema import EVENT_SCHEMA
+from portrait.events.schema import EVENT_SCHEMA, DeadLetter
 from portrait.fsutil import fsync_path
+from portrait.privacy.pseudonym import (
+    KEY_ENV,
+    KEY_FILE_ENV,
+    Pseudonymizer,
+    default_key_file,
+    load_key,
+)
 from portrait.store.base import (
     CHANGE_SCHEMA,
     MEMBERSHIP_SCHEMA,
@@ -158,6 +166,54 @@ class EmbeddedStore:
             self.db.execute("PRAGMA synchronous = FULL")
             self.db.executescript(_SCHEMA_SQL)
             self._remove_orphans()
+        self.pseudo: Pseudonymizer | None = None
+        self._open_pseudonyms()
+
+    # -- pseudonyms -------------------------------------------------------
+    def _open_pseudonyms(self) -> None:
+        check = self._get_meta("pseudonym_check")
+        if check is None:
+            return
+        key = load_key()
+        if key is None:
+            raise StoreError(
+                f"{str(self.root)!r} stores pseudonymous user ids: give its key "
+                f"({KEY_ENV}, {KEY_FILE_ENV} or {default_key_file()})")
+        pseudo = Pseudonymizer(key)
+        if pseudo.check != check:
+            raise StoreError(f"{str(self.root)!r}: the pseudonym key given is not the one "
+                             "this database was made with")
+        self.pseudo = pseudo
+
+    def enable_pseudonyms(self, pseudo: Pseudonymizer) -> None:
+        """Store user ids as pseudonyms from now on (a new database only)."""
+        self._require_writer()
+        if self.pseudo is not None:
+            if pseudo.check != self.pseudo.check:
+                raise StoreError("this database was made with another pseudonym key")
+            return
+        if self._get_meta("accepted"):
+            raise StoreError("this database already holds raw user ids: pseudonymise a new "
+                             "one (re-ingest the source files)")
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('pseudonym_check', ?)",
+                        (json.dumps(pseudo.check),))
+        self.pseudo = pseudo
+
+    def _private_letter(self, d: DeadLetter) -> tuple[str, str, str | None]:
+        """(reason, raw, user_id) of a dead letter as stored: pseudonymised when on."""
+        user = d.user_id or _raw_user_id(d.raw)
+        if self.pseudo is None or user is None:
+            return d.reason, d.raw, user
+        reason = d.reason.replace(user, self.pseudo.one(user)) if len(user) >= 4 else d.reason
+        return reason, self.pseudo.text(d.raw, user), self.pseudo.one(user)
+
+    def resolve(self, user_id: str) -> str:
+        """The id stored for ``user_id`` (its pseudonym when the database keeps those)."""
+        return user_id if self.pseudo is None else self.pseudo.one(user_id)
+
+    def _resolve_all(self, user_ids: list[str] | None) -> list[str] | None:
+        return user_ids if user_ids is None or self.pseudo is None else [
+            self.pseudo.one(u) for u in user_ids]
 
     # -- lifecycle -------------------------------------------------------
     def _acquire_lock(self) -> None:
@@ -259,6 +315,8 @@ class EmbeddedStore:
 
     # -- reads -----------------------------------------------------------
     def states(self, user_ids: list[str] | None = None) -> pl.DataFrame:
+        user_ids = self._resolve_all(user_ids)
+
         def build(files: list[tuple[int, str]]) -> pl.DataFrame:
             frames = []
             for seq, name in reversed(files):
@@ -284,6 +342,8 @@ class EmbeddedStore:
         return self.states([user_id]).height > 0
 
     def events(self, user_ids: list[str] | None = None, until: int | None = None) -> pl.DataFrame:
+        user_ids = self._resolve_all(user_ids)
+
         def build(files: list[tuple[int, str]]) -> pl.DataFrame:
             if not files:
                 return pl.DataFrame(schema=EVENT_SCHEMA)
@@ -400,9 +460,7 @@ class EmbeddedStore:
                         d.source,
                         fp if commit.checkpoint else fp + d.source,
                         d.line,
-                        d.reason,
-                        d.raw,
-                        d.user_id or _raw_user_id(d.raw),
+                        *self._private_letter(d),
                     )
                     for d in commit.dead_letters
                 ],
@@ -468,7 +526,7 @@ class EmbeddedStore:
         args: list[object] = [after]
         if user_id is not None:
             where.append("user_id = ?")
-            args.append(user_id)
+            args.append(self.resolve(user_id))
         if segment is not None:
             where.append("segment = ?")
             args.append(segment)
@@ -513,7 +571,7 @@ class EmbeddedStore:
         """
         self._require_writer()
         with self._compact_lock:
-            return self._forget(user_id)
+            return self._forget(self.resolve(user_id))
 
     def _forget(self, user_id: str) -> dict[str, int]:
         rewrites: list[tuple[str, int, str, str | None, int]] = []  # kind, seq, old, new, rows
@@ -768,10 +826,19 @@ def _raw_user_id(raw: str) -> str | None:
     """Best effort: the ``user_id`` of a rejected raw record, so erasure finds it."""
     try:
         obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
+    except orjson.JSONDecodeError:  # malformed JSON: a "user_id": "..." pair may still be there
+        found = _USER_ID_PAIR.search(raw)
+        if found is None:
+            return None
+        try:
+            obj = {"user_id": orjson.loads(f'"{found[1]}"')}
+        except orjson.JSONDecodeError:
+            return None
     uid = obj.get("user_id") if isinstance(obj, dict) else None
     return uid.strip() if isinstance(uid, str) and uid.strip() else None
+
+
+_USER_ID_PAIR = re.compile(r'"user_id"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
 
 def open_store(path: str | os.PathLike[str], *, writer: bool = False) -> EmbeddedStore:
