@@ -1,8 +1,10 @@
 """Pseudonymous user ids: a keyed HMAC-SHA256 of the raw id, applied before anything is stored.
 
 A database made with pseudonymisation on (``portrait ingest --pseudonymise``,
-the demo's default) stores ``p_`` + the first 32 hex digits (128 bits) of
-``HMAC-SHA256(key, raw user id)`` wherever a user id would be: the event log,
+the demo's default) stores ``p_`` + the first 96 bits of
+``HMAC-SHA256(key, raw user id)`` in URL-safe base64 (16 characters: short
+ids keep joins and files small; two of 100 million users collide with
+probability ~1e-13) wherever a user id would be: the event log,
 states, dead letters (their ``user_id`` and, where the raw record names the
 id, inside the raw text), memberships, the segment log, model files and
 exports. Lookups by raw id go through the same function (the store resolves
@@ -30,6 +32,7 @@ Rotation: not yet supported by a command; a new key needs a new database
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import os
@@ -44,7 +47,7 @@ from portrait.errors import StoreError
 PREFIX = "p_"
 KEY_ENV = "PORTRAIT_PSEUDONYM_KEY"
 KEY_FILE_ENV = "PORTRAIT_PSEUDONYM_KEY_FILE"
-_PSEUDONYM = re.compile(r"^p_[0-9a-f]{32}$")
+_PSEUDONYM = re.compile(r"^p_[A-Za-z0-9_-]{16}$")
 _CHECK_MESSAGE = b"portrait pseudonym key check v1"
 
 
@@ -75,7 +78,7 @@ def load_key(*, create: bool = False) -> bytes | None:
 
 
 class Pseudonymizer:
-    """raw id -> ``p_`` + 32 hex digits of HMAC-SHA256(key, id); ids already pseudonyms pass."""
+    """raw id -> ``p_`` + 96 bits of HMAC-SHA256(key, id), base64url; pseudonyms pass as is."""
 
     def __init__(self, key: bytes) -> None:
         self._key = key
@@ -90,21 +93,25 @@ class Pseudonymizer:
         return hmac.new(self._key, _CHECK_MESSAGE, hashlib.sha256).hexdigest()[:32]
 
     def one(self, user_id: str) -> str:
-        if _PSEUDONYM.match(user_id):
-            return user_id
         found = self._cache.get(user_id)
         if found is None:
-            digest = hmac.new(self._key, user_id.encode(), hashlib.sha256).hexdigest()
-            found = PREFIX + digest[:32]
+            if _PSEUDONYM.match(user_id):
+                return user_id
+            digest = hmac.digest(self._key, user_id.encode(), "sha256")[:12]  # 96 bits
+            found = PREFIX + base64.urlsafe_b64encode(digest).decode()
             if len(self._cache) < 1_000_000:
                 self._cache[user_id] = found
         return found
 
     def column(self, ids: pl.Series) -> pl.Series:
         """A String column of ids, pseudonymised (each distinct id hashed once)."""
-        distinct = ids.unique().drop_nulls().to_list()
-        mapping = {u: self.one(u) for u in distinct}
-        return ids.replace_strict(mapping, default=None, return_dtype=pl.String)
+        distinct = ids.unique().drop_nulls()
+        one = self.one
+        mapping = pl.DataFrame({"raw": distinct,
+                                "p": [one(u) for u in distinct.to_list()]},
+                               schema={"raw": pl.String, "p": pl.String})
+        joined = ids.to_frame("raw").join(mapping, on="raw", how="left", maintain_order="left")
+        return joined["p"].alias(ids.name)
 
     def text(self, raw: str, user_id: str | None) -> str:
         """A raw record with ``user_id`` replaced by its pseudonym: as a JSON string in a
