@@ -394,11 +394,13 @@ def audience(
         at_us = parse_time_arg(at) if at is not None else None
         values = engine.read_at(at_us)
         outputs = service.model_outputs(engine, values, at_us)
-        aud = select(values, query, dict(engine.spec.features), outputs)
+        aud = select(values, query, dict(engine.spec.features), outputs,
+                     withdrawn=engine.store.withdrawn("advertising"))
         path = export(aud, out) if out is not None else None
     except PortraitError as exc:
         _fail(exc)
     result = {"query": query, "count": aud.count, "population": aud.population,
+              "withheld_without_consent": aud.withheld,
               "export": None if path is None else str(path)}
     if json:
         _emit(result)

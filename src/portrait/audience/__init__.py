@@ -17,6 +17,7 @@ CSV or Parquet.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,7 @@ class Audience:
     query: str
     members: pl.DataFrame  # user_id + the values the query reads
     population: int  # users evaluated
+    withheld: int = 0  # users the query selected who withdrew advertising consent
 
     @property
     def count(self) -> int:
@@ -88,9 +90,10 @@ def _operands(rule: Rule) -> list[Ref | Lookup]:
 
 def select(
     values: pl.DataFrame, query: str, features: dict[str, FeatureSpec],
-    outputs: pl.DataFrame | None = None,
+    outputs: pl.DataFrame | None = None, *, withdrawn: Collection[str] = (),
 ) -> Audience:
-    """Members of ``query`` among the profile ``values`` (+ ``outputs`` by ``user_id``)."""
+    """Members of ``query`` among the profile ``values`` (+ ``outputs`` by ``user_id``),
+    less the ``withdrawn`` users (no advertising consent: never in an audience)."""
     rule = parse_query(query, features, outputs)
     frame = values
     if outputs is not None and outputs.width > 1:
@@ -103,7 +106,9 @@ def select(
         else:
             shown.append(pl.col(op.name))
     members = frame.filter(to_polars(rule).fill_null(False)).select(USER, *_unique(shown))
-    return Audience(query=query, members=members.sort(USER), population=frame.height)
+    kept = members.filter(~pl.col(USER).is_in(list(withdrawn))) if withdrawn else members
+    return Audience(query=query, members=kept.sort(USER), population=frame.height,
+                    withheld=members.height - kept.height)
 
 
 def _unique(exprs: list[pl.Expr]) -> list[pl.Expr]:

@@ -35,6 +35,7 @@ from portrait.events.readers import read_events, source_fingerprint
 from portrait.events.schema import EVENT_COLUMNS, LINE_COLUMN, DeadLetter
 from portrait.features import ProfileAggregator
 from portrait.features.base import USER
+from portrait.privacy.consent import behaviour, decisions
 from portrait.spec.loader import parse_spec
 from portrait.spec.model import Spec
 from portrait.spec.rules import evaluate, referenced_features, to_polars
@@ -300,7 +301,7 @@ class Engine:
             assert isinstance(batch_max, int)
             self.watermark = batch_max if self.watermark is None else max(self.watermark, batch_max)
             if new.height <= self.row_batch_max:  # small (API) batches: plain Python
-                old = self._old_states(new.select(USER).unique())
+                old = self._old_states(behaviour(new).select(USER).unique())
                 merged = self.agg.fold_batch(old, new, self.watermark)
             else:
                 partial = self.agg.partial(new, watermark=self.watermark)
@@ -314,7 +315,9 @@ class Engine:
                 changes = self._segment_changes(self._load_states(), None, refresh=True)
             elif merged.height:
                 changes = self._segment_changes(merged, new, refresh=False)
+        consents = decisions(new) if new.height else None
         self._pending = Commit(
+            consents=consents if consents is not None and consents.height else None,
             events=new,
             states=merged,
             dead_letters=rejects,

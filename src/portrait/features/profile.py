@@ -13,6 +13,7 @@ from portrait.features.base import OLD_SUFFIX, USER, Aggregator, empty_states
 from portrait.features.maps import TEXT_PREFIX, Decayed, Distinct, TopK
 from portrait.features.scalar import Avg, Count, Extremum, FirstLast, Sum
 from portrait.features.window import Windowed
+from portrait.privacy.consent import behaviour
 
 if TYPE_CHECKING:
     from portrait.spec.model import FeatureSpec, Spec
@@ -88,6 +89,7 @@ class ProfileAggregator:
         filtered first/last), joined on ``user_id``. ``watermark`` (default:
         the batch's latest time) prunes window entries.
         """
+        events = behaviour(events)  # consent events feed no feature (privacy/consent.py)
         if events.height == 0:
             return self.empty()
         ref = int(events["ts"].max())  # type: ignore[arg-type]
@@ -199,6 +201,7 @@ class ProfileAggregator:
         rows = {r[USER]: r for r in self.conform(old_states).to_dicts()}
         blank = dict.fromkeys(self.schema)
         by_user: dict[str, list[dict[str, Any]]] = {}
+        events = behaviour(events)  # as partial(): consent events feed no feature
         for e in events.sort("ts", "event_id").with_columns(texts).to_dicts():
             by_user.setdefault(e[USER], []).append(e)
         groups = self._mask_groups()

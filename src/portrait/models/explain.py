@@ -52,6 +52,7 @@ from portrait.errors import (
 from portrait.events.schema import EVENT_SCHEMA
 from portrait.features import build_aggregator
 from portrait.features.maps import DECAY_EPSILON, LN2
+from portrait.privacy.consent import behaviour
 from portrait.spec.rules import (
     And,
     Compare,
@@ -264,7 +265,7 @@ def explain_feature(
     """Top contributing events of ``name`` (or ``name['key']``) for ``user_id`` at ``at``."""
     spec = _check_feature(engine, name, key)
     at_us, values = _read_user(engine, user_id, at)
-    events = engine.store.events([user_id], until=at_us)
+    events = behaviour(engine.store.events([user_id], until=at_us))
     raw = values.row(0, named=True)[name]
     body = feature_explanation(spec, key, events, raw, at=at_us, top=top)
     target = name if key is None else f"{name}[{key!r}]"
@@ -343,7 +344,7 @@ def explain_segment(
     values = _rule_values(engine, row)
     cmps = _comparisons(seg.rule)
     operands = [op for c in cmps for op in (c.left, c.right) if isinstance(op, Ref | Lookup)]
-    events = engine.store.events([user_id], until=at_us)
+    events = behaviour(engine.store.events([user_id], until=at_us))
     features: dict[str, Any] = {}
     for op in operands:
         key = op.key if isinstance(op, Lookup) else None

@@ -246,6 +246,11 @@ def recommend(engine: Engine, user_id: str, k: int = 20, *, diversity: float = 0
               rec: Recommender | None = None) -> list[Rec]:
     """Top ``k`` for one user from their current events (cold start: popularity)."""
     rec = rec or recommender(engine)
+    if not engine.store.consents(user_id).get("personalisation", True):
+        # no personalisation consent: what a user without history gets (privacy/consent.py)
+        empty = engine.store.events([user_id]).clear()
+        return rec.recommend(UserContext.from_events(empty, interaction_weights(engine), {}),
+                             k, diversity=diversity)
     events = engine.store.events([user_id])
     if events.height == 0 and not engine.store.has_user(user_id):
         events = events.clear()  # an unknown user is a cold start, not an error

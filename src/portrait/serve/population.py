@@ -103,6 +103,7 @@ def post_audience(request: Request, spec: AudienceIn, key: Aggregate) -> JSON:
         as_of = engine.store.meta().watermark if at_us is None else at_us
         return {"query": spec.query, "as_of": None if as_of is None else format_us(as_of),
                 "count": aud.count, "population": aud.population,
+                "withheld_without_consent": aud.withheld,
                 "export": None if spec.export is None else _export(st.settings.db, aud,
                                                                     spec.export)}
 
@@ -110,7 +111,7 @@ def post_audience(request: Request, spec: AudienceIn, key: Aggregate) -> JSON:
     if key.private:
         noised = st.ledger.noisy(key.key_id, ("audience", spec.query, at_us, version),
                                  [out["count"], out["population"]], sensitivity=2)
-        out = {**out, "count": max(0, noised.values[0]),
+        out = {**out, "count": max(0, noised.values[0]), "withheld_without_consent": None,
                "population": max(0, noised.values[1]), "privacy": noised.to_json()}
     return JSON(out)
 

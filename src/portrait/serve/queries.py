@@ -320,7 +320,8 @@ def audience(readers: Readers, engine: Engine, query: str, at: int | None) -> An
     else:
         values = engine.read_at(at)
         outputs = service.model_outputs(engine, values, at)
-    return select(values, query, dict(engine.spec.features), outputs)
+    return select(values, query, dict(engine.spec.features), outputs,
+                  withdrawn=engine.store.withdrawn("advertising"))
 
 
 def drift(engine: Engine, ref: int | None, at: int | None, top: int) -> dict[str, Any]:

@@ -186,6 +186,9 @@ class Audience(BaseModel):
     as_of: str | None
     count: int
     population: int
+    withheld_without_consent: int | None = Field(
+        None, description="selected users left out: no advertising consent (null for "
+                          "read_aggregate keys: an exact count would break the noise)")
     export: ExportInfo | None
     privacy: PrivacyInfo | None = Field(None, description="read_aggregate keys: the noise")
 

@@ -68,6 +68,8 @@ class Commit:
     spec_text: str | None = None
     # Rule-segment entries and exits of this batch (CHANGE columns but ``seq``).
     segment_changes: pl.DataFrame | None = None
+    # Consent decisions of this batch (privacy/consent.py CONSENT_SCHEMA); latest wins.
+    consents: pl.DataFrame | None = None
 
 
 MEMBERSHIP_SCHEMA: dict[str, pl.DataType] = {
@@ -112,6 +114,14 @@ class Store(Protocol):
 
     def memberships(self) -> pl.DataFrame:
         """Current rule-segment memberships (``MEMBERSHIP_SCHEMA``)."""
+        ...
+
+    def withdrawn(self, purpose: str) -> set[str]:
+        """Stored ids of the users whose latest decision for ``purpose`` is a withdrawal."""
+        ...
+
+    def consents(self, user_id: str) -> dict[str, bool]:
+        """``purpose -> granted`` of one user's latest decisions (absent: never decided)."""
         ...
 
     def resolve(self, user_id: str) -> str:

@@ -122,6 +122,14 @@ CREATE TABLE IF NOT EXISTS segment_changes (
 );
 CREATE INDEX IF NOT EXISTS segment_changes_user ON segment_changes (user_id);
 CREATE INDEX IF NOT EXISTS segment_changes_segment ON segment_changes (segment, ts);
+CREATE TABLE IF NOT EXISTS consents (
+    user_id TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    granted INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    PRIMARY KEY (user_id, purpose)
+);
 CREATE TABLE IF NOT EXISTS checkpoints (
     fingerprint TEXT PRIMARY KEY,
     path TEXT NOT NULL,
@@ -206,6 +214,23 @@ class EmbeddedStore:
             return d.reason, d.raw, user
         reason = d.reason.replace(user, self.pseudo.one(user)) if len(user) >= 4 else d.reason
         return reason, self.pseudo.text(d.raw, user), self.pseudo.one(user)
+
+    def withdrawn(self, purpose: str) -> set[str]:
+        try:
+            rows = self.db.execute(
+                "SELECT user_id FROM consents WHERE purpose = ? AND granted = 0", (purpose,)
+            ).fetchall()
+        except sqlite3.OperationalError:  # a database from before consents: none recorded
+            return set()
+        return {str(r[0]) for r in rows}
+
+    def consents(self, user_id: str) -> dict[str, bool]:
+        try:
+            rows = self.db.execute("SELECT purpose, granted FROM consents WHERE user_id = ?",
+                                   (self.resolve(user_id),)).fetchall()
+        except sqlite3.OperationalError:
+            return {}
+        return {str(p): bool(g) for p, g in rows}
 
     def resolve(self, user_id: str) -> str:
         """The id stored for ``user_id`` (its pseudonym when the database keeps those)."""
@@ -485,6 +510,15 @@ class EmbeddedStore:
                 )
             if commit.segment_changes is not None and commit.segment_changes.height:
                 self._write_segment_changes(db, seq, commit.segment_changes)
+            if commit.consents is not None and commit.consents.height:
+                # the latest decision by (ts, event_id) wins, whatever the arrival order
+                db.executemany(
+                    "INSERT INTO consents VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (user_id, purpose) DO UPDATE SET granted = excluded.granted, "
+                    "ts = excluded.ts, event_id = excluded.event_id "
+                    "WHERE (excluded.ts, excluded.event_id) > (consents.ts, consents.event_id)",
+                    commit.consents.select("user_id", "purpose", "granted", "ts", "event_id")
+                    .iter_rows())
             self._bump(db, commit, kept)
             db.execute("COMMIT")
         except BaseException:
@@ -601,7 +635,7 @@ class EmbeddedStore:
                     db.execute("UPDATE files SET name = ?, rows = ? WHERE kind = ? AND seq = ?",
                                (new, rows, kind, seq))
             for table, key in (("dead_letters", "dead_letters"), ("memberships", "memberships"),
-                               ("segment_changes", "segment_changes")):
+                               ("segment_changes", "segment_changes"), ("consents", "consents")):
                 removed[key] = db.execute(
                     f"DELETE FROM {table} WHERE user_id = ?", (user_id,)  # table: fixed names
                 ).rowcount

@@ -1,0 +1,93 @@
+"""Consent per purpose (privacy/consent.py): withdrawals take effect on the next read,
+the latest decision by event time wins whatever the arrival order, consent events feed
+no feature, and erasure removes the decisions too."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.models.test_service import DAY, HOUR, SPEC, Log, items_of, planted
+
+from portrait.audience import select
+from portrait.engine.engine import Engine
+from portrait.events.schema import EVENT_SCHEMA
+from portrait.models import service
+from portrait.privacy.erasure import forget
+from portrait.spec.loader import parse_spec
+from portrait.store import open_store
+
+
+def consent(log: Log, user: str, purpose: str, granted: bool, ts: int) -> None:
+    Log.made += 1
+    log.rows.append({**dict.fromkeys(EVENT_SCHEMA), "event_id": f"c{Log.made}",
+                     "user_id": user, "ts": ts, "category": purpose,
+                     "type": "consent_grant" if granted else "consent_withdraw"})
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Any:
+    log = Log()
+    planted(log, random.Random(3))
+    with open_store(tmp_path / "db", writer=True) as store:
+        eng = Engine(parse_spec(SPEC), store)
+        eng.ingest_events(log.frame())
+        yield eng
+
+
+def test_personalisation_withdrawn_means_non_personalised_recommendations(engine: Engine
+                                                                          ) -> None:
+    service.train(engine, horizon="30d")
+    wm = engine.store.meta().watermark
+    assert wm is not None
+    personal = items_of(service.recommend(engine, "a00", 8))
+    assert all(i.startswith("a-") for i in personal)
+    cold = items_of(service.recommend(engine, "never-seen", 8))
+    before = engine.profile("a00")["features"]
+    log = Log()
+    consent(log, "a00", "personalisation", False, wm + HOUR)
+    engine.ingest_events(log.frame())
+    assert items_of(service.recommend(engine, "a00", 8)) == cold  # the next read
+    assert engine.profile("a00")["features"]["events_total"] == before["events_total"]
+    consent(log, "a00", "personalisation", True, wm + 2 * HOUR)
+    engine.ingest_events(log.frame())
+    assert items_of(service.recommend(engine, "a00", 8)) == personal
+
+
+def test_advertising_withdrawn_means_never_in_an_audience(engine: Engine) -> None:
+    wm = engine.store.meta().watermark
+    assert wm is not None
+    log = Log()
+    consent(log, "a01", "advertising", True, wm + 3 * HOUR)  # the latest decision ...
+    consent(log, "b02", "advertising", False, wm + HOUR)
+    engine.ingest_events(log.frame())
+    consent(log, "a01", "advertising", False, wm + HOUR)  # ... arriving first: still granted
+    consent(log, "b05", "marketing", False, wm + HOUR)  # not a purpose: ignored
+    engine.ingest_events(log.frame())
+    assert engine.store.withdrawn("advertising") == {"b02"}
+    assert engine.store.consents("a01") == {"advertising": True}
+    values = engine.read_at()
+    aud = select(values, "events_total > 0", dict(engine.spec.features),
+                 withdrawn=engine.store.withdrawn("advertising"))
+    assert "b02" not in aud.members["user_id"].to_list()
+    assert aud.withheld == 1
+    assert aud.count == values.height - 1
+    forget(engine, "b02")
+    assert engine.store.withdrawn("advertising") == set()
+
+
+def test_consent_only_users_have_no_profile_and_count_no_user(tmp_path: Path) -> None:
+    with open_store(tmp_path / "db", writer=True) as store:
+        eng = Engine(parse_spec(SPEC), store)
+        log = Log()
+        log.add("x1", "a-01", "view", 10 * DAY)
+        consent(log, "x2", "analytics", False, 10 * DAY)
+        eng.ingest_events(log.frame())
+        assert store.meta().users == 1
+        assert eng.read_at()["user_id"].to_list() == ["x1"]
+        consent(log, "x1", "analytics", False, 11 * DAY)  # an existing user, consent only
+        eng.ingest_events(log.frame())
+        assert store.meta().users == 1
+        assert eng.profile("x1")["features"]["events_total"] == 1
