@@ -37,7 +37,7 @@ def _expected(posted: list[dict[str, Any]], ids: list[str]) -> list[dict[str, An
     return sorted(rows, key=lambda r: (r["ts"], r["event_id"]), reverse=True)
 
 
-def test_recent_events_are_the_posted_ones_newest_first(api: Client) -> None:
+def test_recent_events_are_the_posted_ones_newest_first(api: Client, served: Served) -> None:
     user = "ev/a b"  # '/' and a space: percent-encoded in the path
     posted = [
         event(user, "2024-05-20T10:00:00Z", item_id="i1", category="Books"),
@@ -58,6 +58,11 @@ def test_recent_events_are_the_posted_ones_newest_first(api: Client) -> None:
     assert "price" not in got["events"][0]  # null fields are left out
     assert got["events"][0]["attrs"] == {"a": {"x": True}, "b": [1, 2]}
     assert api.events(user, limit=2)["events"] == want[:2]
+    with Client(served.url, served.read) as reader:  # not admin: personal fields masked
+        seen = reader.events(user)["events"][0]
+    assert seen["masked"] == ["attrs", "lat", "lon", "text"]
+    assert not {"text", "lat", "lon", "attrs"} & set(seen)
+    assert seen["type"] == "search"
 
     # a newer event comes first at once (the cache is per data version)
     later = event(user, "2024-05-22T00:00:00Z", item_id="i9")

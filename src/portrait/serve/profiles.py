@@ -46,12 +46,28 @@ def get_history(
 def get_events(
     request: Request,
     user_id: str,
-    _key: Read,
+    key: Read,
     limit: Annotated[int, Query(ge=1, le=1000, description="at most this many events")] = 50,
 ) -> JSON:
-    """The user's logged events, newest first (non-null fields only)."""
+    """The user's logged events, newest first (non-null fields only).
+
+    Personal fields (free ``text``, ``lat``/``lon``, ``attrs``) are shown to admin
+    keys only; for other keys they are left out and named in the event's ``masked``."""
     readers = server(request).readers
-    return JSON(readers.read(lambda e: queries.events(readers, e, user_id, limit)))
+    out = readers.read(lambda e: queries.events(readers, e, user_id, limit))
+    if "admin" not in key.scopes:
+        out = {**out, "events": [_masked(ev) for ev in out["events"]]}
+    return JSON(out)
+
+
+PERSONAL_FIELDS = ("attrs", "lat", "lon", "text")
+
+
+def _masked(event: dict[str, object]) -> dict[str, object]:
+    hidden = [f for f in PERSONAL_FIELDS if f in event]
+    if not hidden:
+        return event
+    return {**{k: v for k, v in event.items() if k not in hidden}, "masked": hidden}
 
 
 @router.get("/v1/profiles/{user_id:path}", response_model=Profile, summary="A user's profile")
