@@ -153,3 +153,31 @@ def test_cli_prints_the_change_log(tmp_path: Path) -> None:
     bad = runner.invoke(app, ["segment", "nope", "--changes", "--db", db])
     assert bad.exit_code != 0
     assert "unknown segment 'nope'" in bad.output
+
+
+def test_small_batches_with_two_distinct_features_on_one_field(tmp_path: Path) -> None:
+    """Regression (found by the MovieLens demo): two ``distinct`` features over the same
+    field made the Python fold path build one text column twice. Both write paths must
+    give the same profiles."""
+    from portrait.spec.loader import parse_spec
+
+    spec = parse_spec("""
+version: 1
+features:
+  items: {kind: distinct, field: item_id}
+  bought: {kind: distinct, field: item_id, where: {type: [purchase]}}
+""")
+    rows = [{"event_id": f"e{i}", "user_id": f"u{i % 3}", "ts": 1_700_000_000_000_000 + i,
+             "type": "purchase" if i % 4 == 0 else "view", "item_id": f"i{i % 7}"}
+            for i in range(40)]
+    frame = pl.DataFrame([{**dict.fromkeys(EVENT_SCHEMA), **r} for r in rows],
+                         schema=EVENT_SCHEMA, orient="row")
+    profiles = []
+    for row_max in (0, 10_000):  # the Polars frame path, the Python fold path
+        with open_store(tmp_path / f"db{row_max}", writer=True) as store:
+            engine = Engine(spec, store, row_batch_max=row_max)
+            for start in range(0, 40, 8):
+                engine.ingest_events(frame.slice(start, 8))
+            profiles.append([engine.profile(f"u{i}") for i in range(3)])
+    assert profiles[0] == profiles[1]
+    assert profiles[1][0]["features"]["items"] == 7

@@ -196,8 +196,8 @@ class ProfileAggregator:
         (property tests); states may differ in representation only (the
         reference time of decayed values, the order of distinct keys).
         """
-        texts = [pl.col(a.fname).cast(pl.String).alias(TEXT_PREFIX + a.fname)
-                 for a in self.aggs if isinstance(a, Distinct)]
+        fields = sorted({a.fname for a in self.aggs if isinstance(a, Distinct)})
+        texts = [pl.col(f).cast(pl.String).alias(TEXT_PREFIX + f) for f in fields]
         rows = {r[USER]: r for r in self.conform(old_states).to_dicts()}
         blank = dict.fromkeys(self.schema)
         by_user: dict[str, list[dict[str, Any]]] = {}
