@@ -58,6 +58,8 @@ from portrait.store import open_store  # noqa: E402
 from portrait.timeutil import format_us, parse_rfc3339  # noqa: E402
 
 SPEC = Path(portrait.__file__).resolve().parent / "data" / "spec.yaml"
+from record import append_row  # noqa: E402  (bench/ is on sys.path above)
+
 BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 SECTION = "## Ingest benchmark (`bench/ingest.py`)"
 REL_TOL = 1e-9
@@ -351,21 +353,7 @@ def record(result: dict[str, Any]) -> None:
         f"{result['cpu_catchup_ratio_vs_recompute']:.1f} "
         f"| {result['check']} |\n"
     )
-    text = BENCHMARKS_MD.read_text(encoding="utf-8") if BENCHMARKS_MD.exists() else ""
-    if SECTION not in text:
-        text = (text.rstrip("\n") + "\n\n" if text.strip() else "# Benchmarks\n\n") + HEADER
-        BENCHMARKS_MD.write_text(text + row, encoding="utf-8")
-        return
-    lines = text.splitlines(keepends=True)
-    start = next(i for i, line in enumerate(lines) if line.startswith(SECTION))
-    end = start + 1
-    while end < len(lines) and not lines[end].startswith("## "):
-        end += 1
-    dated = [i for i in range(start, end) if lines[i].startswith("| 20")]  # "| 2026-..."
-    table = [i for i in range(start, end) if lines[i].startswith("|")]
-    last_row = max(dated or table, default=end - 1)
-    lines.insert(last_row + 1, row)
-    BENCHMARKS_MD.write_text("".join(lines), encoding="utf-8")
+    append_row(BENCHMARKS_MD, SECTION, HEADER, row)
 
 
 # -- main -----------------------------------------------------------------

@@ -36,6 +36,8 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
+from record import append_row  # noqa: E402  (bench/ is on sys.path above)
+
 BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 SECTION = "## Privacy cost (`bench/privacy.py`)"
 GOAL_RATIO = 0.70
@@ -134,24 +136,13 @@ def _record(r: dict[str, object]) -> None:
            f"{r['users']:,} | {r['privacy_off_events_per_s']:,} | "
            f"{r['privacy_on_events_per_s']:,} | {r['ratio']} | "
            f"{'met' if r['goal_met'] else 'missed'} |\n")
-    text = BENCHMARKS_MD.read_text(encoding="utf-8")
-    if SECTION not in text:
-        text = (text.rstrip("\n") + f"\n\n{SECTION}\n\nIngest from one Parquet file, durable "
-                "commits, fresh databases, alternately without and with pseudonymous user "
-                "ids (keyed HMAC-SHA256 before anything is stored), median of the rounds; 200 "
-                "profiles checked equal. Goal (issue #6): privacy costs at most 30% (ratio >= "
-                "0.70).\n\n| date (UTC) | commit | machine | events / users | off ev/s | "
-                "on ev/s | ratio | goal |\n|---|---|---|---|---|---|---|---|\n")
-        BENCHMARKS_MD.write_text(text + row, encoding="utf-8")
-        return
-    lines = text.splitlines(keepends=True)
-    start = next(i for i, line in enumerate(lines) if line.startswith(SECTION))
-    end = start + 1
-    while end < len(lines) and not lines[end].startswith("## "):
-        end += 1
-    last = max(i for i in range(start, end) if lines[i].startswith("|"))
-    lines.insert(last + 1, row)
-    BENCHMARKS_MD.write_text("".join(lines), encoding="utf-8")
+    header = (f"{SECTION}\n\nIngest from one Parquet file, durable commits, fresh databases, "
+              "alternately without and with pseudonymous user ids (keyed HMAC-SHA256 before "
+              "anything is stored), median of the rounds; 200 profiles checked equal. Goal "
+              "(issue #6): privacy costs at most 30% (ratio >= 0.70).\n\n| date (UTC) | "
+              "commit | machine | events / users | off ev/s | on ev/s | ratio | goal |\n"
+              "|---|---|---|---|---|---|---|---|\n")
+    append_row(BENCHMARKS_MD, SECTION, header, row)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,8 @@ REPO = BENCH.parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
+from record import append_row  # noqa: E402  (bench/ is on sys.path above)
+
 BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 SECTION = "## HTTP serving (`bench/serve.py`)"
 KEY_LINE = re.compile(r"admin API key .*: (prt_\S+)")
@@ -553,18 +555,7 @@ def record(result: dict[str, Any]) -> None:
         "| freshness p99 | healthz / engine p50 | goals |\n"
         "|---|---|---|---|---|---|---|---|---|\n"
     )
-    text = BENCHMARKS_MD.read_text(encoding="utf-8") if BENCHMARKS_MD.exists() else ""
-    if SECTION not in text:
-        BENCHMARKS_MD.write_text(text.rstrip("\n") + "\n" + header + row, encoding="utf-8")
-        return
-    lines = text.splitlines(keepends=True)
-    start = next(i for i, line in enumerate(lines) if line.startswith(SECTION))
-    end = start + 1
-    while end < len(lines) and not lines[end].startswith("## "):
-        end += 1
-    last_row = max(i for i in range(start, end) if lines[i].startswith("|"))
-    lines.insert(last_row + 1, row)
-    BENCHMARKS_MD.write_text("".join(lines), encoding="utf-8")
+    append_row(BENCHMARKS_MD, SECTION, header.lstrip("\n"), row)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
