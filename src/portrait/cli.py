@@ -40,6 +40,18 @@ def _fail(exc: PortraitError) -> None:
     raise typer.Exit(exc.exit_code)
 
 
+def _audit(db: Path, action: str, stored_id: str | None, detail: str | None = None) -> None:
+    """An audit row for a read, export or erasure from the command line (privacy/audit.py)."""
+    import sqlite3
+
+    from portrait.privacy.audit import AuditLog, cli_actor
+
+    try:
+        AuditLog(db).record(cli_actor(), action, stored_id, detail)
+    except sqlite3.Error as exc:  # no audit row, no answer
+        raise StoreError(f"cannot write the audit log in {str(db)!r}: {exc}") from exc
+
+
 def _open_engine(db: Path, spec: Path | None = None, *, writer: bool = False) -> Any:
     from portrait.engine import Engine
     from portrait.spec.loader import load_spec
@@ -127,6 +139,7 @@ def profile(
         at_us = parse_time_arg(at) if at is not None else None
         engine = _open_engine(db)
         result = engine.profile(user_id, at_us)
+        _audit(db, "profile.read", engine.store.resolve(user_id))
         if (db / "models").is_dir():  # only then pay for importing the model libraries
             from portrait.models import service
 
@@ -397,6 +410,8 @@ def audience(
         aud = select(values, query, dict(engine.spec.features), outputs,
                      withdrawn=engine.store.withdrawn("advertising"))
         path = export(aud, out) if out is not None else None
+        if path is not None:
+            _audit(db, "audience.export", None, f"{aud.count} users; query {query!r}")
     except PortraitError as exc:
         _fail(exc)
     result = {"query": query, "count": aud.count, "population": aud.population,
@@ -489,6 +504,7 @@ def forget(
             raise StoreError(f"no portrait database at {str(db)!r}")
         engine = _open_engine(db, writer=True)
         try:
+            _audit(db, "user.erase", engine.store.resolve(user_id))
             receipt = erase(engine, user_id)
         finally:
             engine.store.close()
@@ -527,6 +543,29 @@ def retention(
         _fail(exc)
     _emit({"retention": None if keep is None else format_duration(keep),
            "purged_before": None if cutoff is None else format_us(cutoff), "purged": purged})
+
+
+@app.command()
+def audit(
+    db: Annotated[Path, typer.Option(help=DB_HELP)] = DEFAULT_DB,
+    user: Annotated[str | None, typer.Option(help="only the rows about this user")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="newest rows to show")] = 100,
+) -> None:
+    """The append-only audit log: who read, exported or erased whose data (JSON)."""
+    from portrait.privacy.audit import AuditLog
+
+    try:
+        if not (db / "portrait.sqlite").exists():
+            raise StoreError(f"no portrait database at {str(db)!r}")
+        stored = None
+        if user is not None:
+            engine = _open_engine(db)
+            stored = engine.store.resolve(user)
+            engine.store.close()
+        rows = AuditLog(db).rows(target=stored, limit=limit)
+    except PortraitError as exc:
+        _fail(exc)
+    _emit(rows)
 
 
 keys_app = typer.Typer(

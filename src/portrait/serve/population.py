@@ -108,6 +108,9 @@ def post_audience(request: Request, spec: AudienceIn, key: Aggregate) -> JSON:
                                                                     spec.export)}
 
     out, version = st.readers.read(lambda e: (run(e), st.readers.version(e)))
+    if spec.export is not None:
+        st.record(key, "audience.export", None,
+                  f"{out['export']['rows']} users; query {spec.query!r}")
     if key.private:
         noised = st.ledger.noisy(key.key_id, ("audience", spec.query, at_us, version),
                                  [out["count"], out["population"]], sensitivity=2)

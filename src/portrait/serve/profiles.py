@@ -30,15 +30,17 @@ AT = Query(description="as of this time: RFC 3339 with an offset, a date, or epo
 def get_history(
     request: Request,
     user_id: str,
-    _key: Read,
+    key: Read,
     feature: Annotated[list[str] | None, Query(
         description="feature name (repeat for several; default: all)")] = None,
     points: Annotated[int, Query(ge=1, le=500, description="evenly spaced times")] = 20,
 ) -> JSON:
     """Values at ``points`` times from the user's first event to now (exact time travel)."""
-    readers = server(request).readers
-    return JSON(readers.read(
-        lambda e: queries.history(readers, e, user_id, feature or [], points)))
+    st = server(request)
+    readers = st.readers
+    out = readers.read(lambda e: queries.history(readers, e, user_id, feature or [], points))
+    st.record(key, "history.read", user_id)
+    return JSON(out)
 
 
 @router.get("/v1/profiles/{user_id:path}/events", response_model=UserEvents,
@@ -53,8 +55,10 @@ def get_events(
 
     Personal fields (free ``text``, ``lat``/``lon``, ``attrs``) are shown to admin
     keys only; for other keys they are left out and named in the event's ``masked``."""
-    readers = server(request).readers
+    st = server(request)
+    readers = st.readers
     out = readers.read(lambda e: queries.events(readers, e, user_id, limit))
+    st.record(key, "events.read", user_id)
     if "admin" not in key.scopes:
         out = {**out, "events": [_masked(ev) for ev in out["events"]]}
     return JSON(out)
@@ -74,7 +78,7 @@ def _masked(event: dict[str, object]) -> dict[str, object]:
 async def get_profile(
     request: Request,
     user_id: str,
-    _key: Read,
+    key: Read,
     at: Annotated[str | None, AT] = None,
     explain: Annotated[str | None, Query(
         description="a feature, feature['key'] or segment: the events behind it")] = None,
@@ -91,6 +95,7 @@ async def get_profile(
     if explain is None and not readers.has_models():
         out = st.live.profile(user_id, at_us)
         if out is not None:
+            st.record(key, "profile.read", user_id)
             return JSON(out)
 
     def read(engine: Engine) -> dict[str, object]:
@@ -99,7 +104,9 @@ async def get_profile(
             out["explanation"] = queries.explanation(engine, user_id, explain, at_us)
         return out
 
-    return JSON(await run_in_threadpool(readers.read, read))
+    answer = await run_in_threadpool(readers.read, read)
+    st.record(key, "profile.read", user_id)
+    return JSON(answer)
 
 
 @router.get("/v1/recommendations/{user_id:path}", response_model=Recommendations,
@@ -107,11 +114,13 @@ async def get_profile(
 def get_recommendations(
     request: Request,
     user_id: str,
-    _key: Read,
+    key: Read,
     k: Annotated[int, Query(ge=1, le=1000)] = 20,
     diversity: Annotated[float, Query(ge=0.0, le=1.0, description="MMR: 0 = relevance")] = 0.0,
 ) -> JSON:
     """Folds the user's current events into the model (unknown users: cold start)."""
-    readers = server(request).readers
-    return JSON(readers.read(
-        lambda e: queries.recommendations(readers, e, user_id, k, diversity)))
+    st = server(request)
+    readers = st.readers
+    out = readers.read(lambda e: queries.recommendations(readers, e, user_id, k, diversity))
+    st.record(key, "recommendations.read", user_id)
+    return JSON(out)

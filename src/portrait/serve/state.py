@@ -15,9 +15,10 @@ from starlette.requests import HTTPConnection
 
 from portrait.engine.engine import Engine
 from portrait.errors import StoreError
+from portrait.privacy.audit import AuditLog
 from portrait.privacy.dp import Ledger
 from portrait.serve.batcher import MicroBatcher
-from portrait.serve.keys import KeyStore
+from portrait.serve.keys import ApiKey, KeyStore
 from portrait.serve.live import Live
 from portrait.serve.metrics import Metrics
 from portrait.serve.readers import Readers
@@ -34,6 +35,7 @@ class ServerState:
         self.readers = Readers(settings.db, profile_cache=settings.profile_cache,
                                catalog_ttl_s=settings.catalog_ttl_s)
         self.live = Live(cache=settings.profile_cache)
+        self.audit: AuditLog | None = None  # opened with the writer (the directory exists)
         self.ledger = Ledger(settings.db, budget=settings.dp_budget, epsilon=settings.dp_epsilon)
         self.batcher: MicroBatcher | None = None
         self.metrics = Metrics(lambda: float(self.batcher.queued if self.batcher else 0))
@@ -60,6 +62,7 @@ class ServerState:
             refresh_idle_s=self.settings.segment_refresh_s,
         )
         self.batcher.start()
+        self.audit = AuditLog(self.settings.db, buffered=True)
         _warm_imports()
         wm = self.readers.read(lambda e: e.store.meta().watermark)
         if wm is not None:
@@ -68,6 +71,18 @@ class ServerState:
     def close(self) -> None:
         if self.batcher is not None:
             self.batcher.stop()
+        if self.audit is not None:
+            self.audit.close()
+
+    def record(self, key: ApiKey, action: str, user_id: str | None = None,
+               detail: str | None = None) -> None:
+        """An audit row (privacy/audit.py): who read, exported or erased whose data."""
+        if self.audit is None:
+            return
+        stored = None
+        if user_id is not None and self.batcher is not None:
+            stored = self.batcher.engine.store.resolve(user_id)  # pure: no database access
+        self.audit.record(key.key_id, action, stored, detail)
 
     def writer(self) -> MicroBatcher:
         if self.batcher is None:

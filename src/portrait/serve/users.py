@@ -26,7 +26,7 @@ router = APIRouter(tags=["privacy"], responses=PROBLEM_RESPONSES)
 
 @router.delete("/v1/users/{user_id:path}", response_model=ErasureReceipt,
                summary="Erase a user and everything derived from them")
-async def delete_user(request: Request, user_id: str, _key: Admin) -> JSON:
+async def delete_user(request: Request, user_id: str, key: Admin) -> JSON:
     """Events, profile, dead letters, segment log, model factors; forgetting an unknown user
     is not an error (``found`` is false)."""
     from portrait.privacy.erasure import forget
@@ -38,6 +38,7 @@ async def delete_user(request: Request, user_id: str, _key: Admin) -> JSON:
         st.live.publish_all(engine)
         return receipt
 
+    st.record(key, "user.erase", user_id)  # before: the hash needs no data of the user
     receipt = await asyncio.wrap_future(st.writer().call(erase))
     st.live.drop(user_id)
     st.readers.invalidate()
