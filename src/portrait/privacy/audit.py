@@ -122,10 +122,17 @@ class AuditLog:
             self.flush()
 
     def _write(self, rows: list[Row]) -> None:
+        """One transaction (one fsync) per batch, not one per row."""
         with self._connect() as conn:
-            conn.executemany(
-                "INSERT INTO audit (at, who, action, target, detail) VALUES (?, ?, ?, ?, ?)",
-                rows)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "INSERT INTO audit (at, who, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+                    rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
 
     def rows(self, *, target: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         """The newest rows first (of one user's stored id, when ``target`` is given)."""
