@@ -96,12 +96,11 @@ class AuditLog:
 
     def record(self, who: str, action: str, stored_id: str | None = None,
                detail: str | None = None) -> None:
-        row = (time.time_ns() // 1000, who, action,
-               None if stored_id is None else self.target(stored_id), detail)
+        row = (time.time_ns() // 1000, who, action, stored_id, detail)  # hashed when written
         if self._thread is None:
             self._write([row])
             return
-        with self._lock:
+        with self._lock:  # flush() swaps the list under the same lock: no row is lost
             self._pending.append(row)
 
     def flush(self) -> None:
@@ -124,11 +123,13 @@ class AuditLog:
     def _write(self, rows: list[Row]) -> None:
         """One transaction (one fsync) per batch, not one per row."""
         with self._connect() as conn:
+            hashed = [(at, who, action, None if uid is None else self.target(uid), detail)
+                      for at, who, action, uid, detail in rows]
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.executemany(
                     "INSERT INTO audit (at, who, action, target, detail) VALUES (?, ?, ?, ?, ?)",
-                    rows)
+                    hashed)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
