@@ -103,7 +103,7 @@ class MicroBatcher:
                  flush_ms: float = 5.0, max_queued: int = 1_000_000,
                  on_commit: Callable[[GroupStats], None] | None = None,
                  publish: Callable[[Engine], None] | None = None,
-                 refresh_idle_s: float = 1.0) -> None:
+                 refresh_idle_s: float = 5.0) -> None:
         self._open_engine = open_engine
         self._engine: Engine | None = None
         self._ready = threading.Event()

@@ -26,7 +26,9 @@ class ServeSettings(BaseModel):
     port: int = Field(default=8000, ge=0, le=65535)
     flush_events: int = Field(default=20_000, ge=1)  # flush a micro-batch at this many events
     flush_ms: float = Field(default=5.0, ge=0.0)  # ... or this long after its first event arrived
-    segment_refresh_s: float = Field(default=1.0, gt=0.0)  # idle this long: decay/window exits
+    # idle this long: decay/window exits, retention. The pass reads every user, so it
+    # waits for a real lull: a commit arriving meanwhile waits for it (bench/serve.py)
+    segment_refresh_s: float = Field(default=5.0, gt=0.0)
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     max_batch_events: int = Field(default=MAX_BATCH_EVENTS, ge=1)
     max_queued_events: int = Field(default=1_000_000, ge=1)
