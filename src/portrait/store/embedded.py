@@ -40,6 +40,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -608,59 +609,62 @@ class EmbeddedStore:
             return self._forget(self.resolve(user_id))
 
     def _forget(self, user_id: str) -> dict[str, int]:
-        rewrites: list[tuple[str, int, str, str | None, int]] = []  # kind, seq, old, new, rows
-        removed = {"events": 0, "state_rows": 0}
-        for kind, count in (("log", "events"), ("state", "state_rows")):
-            for seq, name, _ in _file_rows(self.db, kind):
-                frame = pl.read_parquet(self.root / name)
-                mine = frame.filter(pl.col(USER) == user_id).height
-                if not mine:
-                    continue
-                removed[count] += mine
-                rest = frame.filter(pl.col(USER) != user_id)
-                new = None
-                if rest.height:
-                    new = f"{kind}/{seq:08d}-e{time.time_ns() // 1000}.parquet"
-                    self._write_parquet(rest, new)
-                rewrites.append((kind, seq, name, new, rest.height))
-        for sub in ("log", "state"):
-            fsync_path(self.root / sub)
+        drop = pl.col(USER) == user_id
+        logs = self._rewrite_without("log", drop, "e")
+        states = self._rewrite_without("state", drop, "e")
+        removed = {"events": logs.dropped, "state_rows": states.dropped}
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            for kind, seq, _, new, rows in rewrites:
-                if new is None:
-                    db.execute("DELETE FROM files WHERE kind = ? AND seq = ?", (kind, seq))
-                else:
-                    db.execute("UPDATE files SET name = ?, rows = ? WHERE kind = ? AND seq = ?",
-                               (new, rows, kind, seq))
-            for table, key in (("dead_letters", "dead_letters"), ("memberships", "memberships"),
-                               ("segment_changes", "segment_changes"), ("consents", "consents")):
-                removed[key] = db.execute(
+            logs.record(db)
+            states.record(db)
+            for table in ("dead_letters", "memberships", "segment_changes", "consents"):
+                removed[table] = db.execute(
                     f"DELETE FROM {table} WHERE user_id = ?", (user_id,)  # table: fixed names
                 ).rowcount
-
-            def lower(key: str, n: int) -> None:
-                cur = int(self._get_meta(key) or 0)
-                db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                           (key, json.dumps(max(0, cur - n))))
-
-            lower("accepted", removed["events"])
-            lower("rejected", removed["dead_letters"])
-            lower("users", 1 if removed["state_rows"] else 0)
+            self._lower_meta(db, "accepted", removed["events"])
+            self._lower_meta(db, "rejected", removed["dead_letters"])
+            self._lower_meta(db, "users", 1 if removed["state_rows"] else 0)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        for _, _, old, _, _ in rewrites:
-            with contextlib.suppress(FileNotFoundError):
-                (self.root / old).unlink()
+        logs.delete_old()
+        states.delete_old()
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         db.execute("VACUUM")  # free pages would still hold the deleted rows
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._seen = None  # the user's event ids are gone from the log: rebuilt on demand
-        removed["files_rewritten"] = len(rewrites)
+        removed["files_rewritten"] = len(logs.files) + len(states.files)
         return removed
+
+    def _rewrite_without(self, kind: str, drop: pl.Expr, tag: str) -> _Rewrite:
+        """Write a copy of every ``kind`` file holding rows that match ``drop``, without them.
+
+        Files are probed with a predicate scan first (Parquet statistics skip
+        row groups), so only files that hold such rows are read whole. The
+        caller swaps the manifest (:meth:`_Rewrite.record`, in its transaction)
+        and then deletes the old files (:meth:`_Rewrite.delete_old`).
+        """
+        out = _Rewrite(self.root, kind)
+        for seq, name, _ in _file_rows(self.db, kind):
+            lf = pl.scan_parquet(self.root / name)
+            if not lf.filter(drop).select(pl.len()).collect().item():
+                continue
+            frame = lf.collect()
+            rest = frame.filter(~drop)
+            out.dropped += frame.height - rest.height
+            new = None
+            if rest.height:
+                new = f"{kind}/{seq:08d}-{tag}{time.time_ns() // 1000}.parquet"
+                self._write_parquet(rest, new)
+            out.files.append((seq, name, new, rest.height))
+        fsync_path(self.root / kind)
+        return out
+
+    def _lower_meta(self, db: sqlite3.Connection, key: str, n: int) -> None:
+        cur = int(self._get_meta(key) or 0)
+        db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(max(0, cur - n))))
 
     # -- retention -------------------------------------------------------
     def purge_before(self, cutoff: int) -> dict[str, int]:
@@ -673,47 +677,23 @@ class EmbeddedStore:
         """
         self._require_writer()
         with self._compact_lock:
-            rewrites: list[tuple[int, str, str | None, int]] = []
-            purged = 0
-            for seq, name, _ in _file_rows(self.db, "log"):
-                lf = pl.scan_parquet(self.root / name)
-                oldest = lf.select(pl.col("ts").min()).collect().item()
-                if oldest is None or oldest >= cutoff:
-                    continue
-                frame = lf.collect()
-                rest = frame.filter(pl.col("ts") >= cutoff)
-                purged += frame.height - rest.height
-                new = None
-                if rest.height:
-                    new = f"log/{seq:08d}-r{time.time_ns() // 1000}.parquet"
-                    self._write_parquet(rest, new)
-                rewrites.append((seq, name, new, rest.height))
-            fsync_path(self.root / "log")
+            logs = self._rewrite_without("log", pl.col("ts") < cutoff, "r")
             db = self.db
             db.execute("BEGIN IMMEDIATE")
             try:
-                for seq, _, new, rows in rewrites:
-                    if new is None:
-                        db.execute("DELETE FROM files WHERE kind = 'log' AND seq = ?", (seq,))
-                    else:
-                        db.execute("UPDATE files SET name = ?, rows = ? WHERE kind = 'log' "
-                                   "AND seq = ?", (new, rows, seq))
-                accepted = int(self._get_meta("accepted") or 0)
+                logs.record(db)
+                self._lower_meta(db, "accepted", logs.dropped)
                 before = self._get_meta("purged_before")
-                for key, value in (("accepted", max(0, accepted - purged)),
-                                   ("purged_before", max(cutoff, before or cutoff))):
-                    db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                               (key, json.dumps(value)))
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('purged_before', ?)",
+                           (json.dumps(max(cutoff, before or cutoff)),))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-            for _, old, _, _ in rewrites:
-                with contextlib.suppress(FileNotFoundError):
-                    (self.root / old).unlink()
-            if purged:
+            logs.delete_old()
+            if logs.dropped:
                 self._seen = None  # rebuilt from what the log still holds
-            return {"events": purged, "files_rewritten": len(rewrites)}
+            return {"events": logs.dropped, "files_rewritten": len(logs.files)}
 
     def retention(self) -> tuple[int | None, int | None]:
         """(the configured retention in µs or None, the latest purge cutoff or None)."""
@@ -843,6 +823,31 @@ def _newest_rows(root: Path, files: list[tuple[int, str]]) -> pl.DataFrame:
     both = pl.concat(frames, how="diagonal_relaxed")
     newest = both.sort("_seq", descending=True).unique(USER, keep="first", maintain_order=True)
     return newest.drop("_seq")
+
+
+@dataclass
+class _Rewrite:
+    """Files of one kind rewritten without some rows (erasure, retention)."""
+
+    root: Path
+    kind: str
+    files: list[tuple[int, str, str | None, int]] = field(default_factory=list)
+    # (seq, old name, new name or None when nothing is left, rows kept)
+    dropped: int = 0
+
+    def record(self, db: sqlite3.Connection) -> None:
+        """Point the manifest at the new files (inside the caller's transaction)."""
+        for seq, _, new, rows in self.files:
+            if new is None:
+                db.execute("DELETE FROM files WHERE kind = ? AND seq = ?", (self.kind, seq))
+            else:
+                db.execute("UPDATE files SET name = ?, rows = ? WHERE kind = ? AND seq = ?",
+                           (new, rows, self.kind, seq))
+
+    def delete_old(self) -> None:
+        for _, old, _, _ in self.files:
+            with contextlib.suppress(FileNotFoundError):
+                (self.root / old).unlink()
 
 
 def _tail_run(files: list[tuple[int, str, int]]) -> list[tuple[int, str]]:
