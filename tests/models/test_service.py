@@ -71,6 +71,11 @@ def planted(log: Log, rng: random.Random) -> None:
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Any:
+    """A store of planted tastes (see :func:`planted`), shared with test_consent.py."""
+    yield from planted_engine(tmp_path)
+
+
+def planted_engine(tmp_path: Path) -> Any:
     log = Log()
     planted(log, random.Random(3))
     with open_store(tmp_path / "db", writer=True) as store:

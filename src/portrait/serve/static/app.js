@@ -362,6 +362,15 @@
     return out;
   }
 
+  /** Redraw a card's chart when its <select> changes (the card shows loading / error). */
+  function redrawOnChange(el, select, slot, draw) {
+    select.addEventListener("change", () => {
+      el.dataset.state = "loading";
+      draw(select.value).then((nodes) => { slot.replaceChildren(...nodes); el.dataset.state = "ready"; },
+        (e) => { slot.replaceChildren(errorBox(e)); el.dataset.state = "error"; });
+    });
+  }
+
   function historyCard(user, profile, info) {
     const plottable = Object.values(info).filter((f) => f.value_type === "map" || f.value_type === "number");
     const preferred = plottable.find((f) => f.kind === "decayed" && f.keyed) || plottable.find((f) => f.keyed) || plottable[0];
@@ -392,11 +401,7 @@
       slot.replaceChildren(...(await draw(preferred.name)));
       return slot;
     }, { wide: true, head: select });
-    select.addEventListener("change", () => {
-      el.dataset.state = "loading";
-      draw(select.value).then((nodes) => { slot.replaceChildren(...nodes); el.dataset.state = "ready"; },
-        (e) => { slot.replaceChildren(errorBox(e)); el.dataset.state = "error"; });
-    });
+    redrawOnChange(el, select, slot, draw);
     return el;
   }
 
@@ -501,11 +506,7 @@
       slot.replaceChildren(...(await draw(select.value)));
       return slot;
     }, { wide: true, head: select });
-    select.addEventListener("change", () => {
-      el.dataset.state = "loading";
-      draw(select.value).then((nodes) => { slot.replaceChildren(...nodes); el.dataset.state = "ready"; },
-        (e) => { slot.replaceChildren(errorBox(e)); el.dataset.state = "error"; });
-    });
+    redrawOnChange(el, select, slot, draw);
     return el;
   }
 

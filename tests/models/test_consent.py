@@ -4,12 +4,11 @@ no feature, and erasure removes the decisions too."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.models.test_service import DAY, HOUR, SPEC, Log, items_of, planted
+from tests.models.test_service import DAY, HOUR, SPEC, Log, items_of, planted_engine
 
 from portrait.audience import select
 from portrait.engine.engine import Engine
@@ -29,12 +28,7 @@ def consent(log: Log, user: str, purpose: str, granted: bool, ts: int) -> None:
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Any:
-    log = Log()
-    planted(log, random.Random(3))
-    with open_store(tmp_path / "db", writer=True) as store:
-        eng = Engine(parse_spec(SPEC), store)
-        eng.ingest_events(log.frame())
-        yield eng
+    yield from planted_engine(tmp_path)
 
 
 def test_personalisation_withdrawn_means_non_personalised_recommendations(engine: Engine
