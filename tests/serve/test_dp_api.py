@@ -53,10 +53,11 @@ def test_nothing_individual_for_aggregate_keys(served: Served) -> None:
 
 
 def test_private_histograms_need_public_bounds(served: Served) -> None:
-    with Client(served.url, _aggregate_key(served)) as agg:
+    secret = _aggregate_key(served)
+    with Client(served.url, secret) as agg:
         with pytest.raises(UsageError, match="public bounds"):
             agg.distribution("spend_total")
-        key = {"X-API-Key": agg._http.headers["X-API-Key"]}
+        key = {"X-API-Key": secret}
         got = httpx.get(f"{served.url}/v1/features/spend_total/distribution",
                         params={"bins": 5, "lo": 0, "hi": 500}, headers=key, timeout=30).json()
         assert got["privacy"]["sensitivity"] == 2

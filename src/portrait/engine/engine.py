@@ -109,6 +109,7 @@ class Engine:
         self._rule_features = frozenset().union(
             *(referenced_features(seg.rule) for seg in spec.segments.values()))
         self.last_committed = self.agg.empty()  # states written by the latest commit
+        self.last_fresh = pl.Series("fresh", [], dtype=pl.Boolean)  # see _apply
 
     # -- ingest ----------------------------------------------------------
     def ingest(
@@ -292,7 +293,9 @@ class Engine:
             fresh = first & ~self.store.seen(events["event_id"])
             new = events.filter(fresh).select(EVENT_COLUMNS)
         else:
+            fresh = pl.Series("fresh", [], dtype=pl.Boolean)
             new = events.select(EVENT_COLUMNS) if events.width else _no_events()
+        self.last_fresh = fresh  # per event of the batch: accepted (True) or a duplicate
         dups = events.height - new.height
         merged = self.agg.empty()
         new_users = 0

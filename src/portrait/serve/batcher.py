@@ -278,9 +278,8 @@ class MicroBatcher:
                 late = sum(t.size for t in group)
                 kept, dead = split_retained(events, "api", cutoff)
                 rejects += [dataclasses.replace(d, line=late + i + 1) for i, d in enumerate(dead)]
-            ids = kept["event_id"]
-            fresh = ids.is_first_distinct() & ~self.engine.store.seen(ids)
             accepted, dups = self.engine.ingest_events(kept, rejects)
+            fresh = self.engine.last_fresh  # the engine's own de-duplication, not a second one
             if self.publish is not None:  # readers see the commit before anyone is answered
                 self.publish(self.engine)
         except BaseException as exc:
