@@ -77,6 +77,12 @@ def ingest(
         help="a new database stores user ids as keyed HMAC pseudonyms (key: "
              "$PORTRAIT_PSEUDONYM_KEY, or ~/.config/portrait/pseudonym.key, made if absent)",
     )] = False,
+    encrypt: Annotated[bool, typer.Option(
+        "--encrypt",
+        help="a new database encrypts personal fields (text, lat/lon, the spec's personal "
+             "attrs) under per-user keys wrapped by a master key ($PORTRAIT_MASTER_KEY, or "
+             "~/.config/portrait/master.key, made if absent)",
+    )] = False,
 ) -> None:
     """Ingest event files; print {"accepted", "rejected", "duplicates", "watermark"}."""
     try:
@@ -88,12 +94,12 @@ def ingest(
         engine = _open_engine(db, spec, writer=True)
         engine.batch_size = batch_size
         try:
-            if pseudonymise:
-                from portrait.privacy.pseudonym import Pseudonymizer, load_key
+            if pseudonymise or encrypt:
+                from portrait.privacy.setup import protect
 
-                key = load_key(create=True)
-                assert key is not None
-                engine.store.enable_pseudonyms(Pseudonymizer(key))
+                protect(engine.store, pseudonymise=pseudonymise, encrypt=encrypt)
+                engine = type(engine)(engine.spec, engine.store)  # reads the privacy set-up
+                engine.batch_size = batch_size
             summary = _run_ingest(engine, files, quiet)
         finally:
             engine.store.close()
@@ -465,6 +471,8 @@ def serve(
     *,
     pseudonymise: Annotated[bool, typer.Option(
         "--pseudonymise", help="a new database stores user ids as keyed pseudonyms")] = False,
+    encrypt: Annotated[bool, typer.Option(
+        "--encrypt", help="a new database encrypts personal fields at rest")] = False,
     report: Annotated[Path | None, typer.Option(
         help="evaluation reports the dashboard shows (default: $PORTRAIT_REPORT or "
              "./portrait-report)")] = None,
@@ -488,7 +496,7 @@ def serve(
     except PortraitError as exc:
         _fail(exc)
     run(ServeSettings(db=db, spec=spec, host=host, port=port, report_dir=report,
-                      pseudonymise=pseudonymise), access_log=access_log)
+                      pseudonymise=pseudonymise, encrypt=encrypt), access_log=access_log)
 
 
 @app.command()
@@ -619,6 +627,44 @@ def keys_revoke(
     if not found:
         sys.stderr.write(f"error: no API key with id {key_id!r}\n")
         raise typer.Exit(1)
+
+
+@keys_app.command("rotate-master")
+def keys_rotate_master(
+    db: Annotated[Path, typer.Option(help=DB_HELP)] = DEFAULT_DB,
+    new_key_file: Annotated[Path | None, typer.Option(
+        help="write the new master key here (default: replace the key file in use)")] = None,
+) -> None:
+    """Re-wrap every per-user data key under a new master key (data files untouched)."""
+    from portrait.privacy.rekey import rotate_master
+    from portrait.store import open_store
+
+    try:
+        with open_store(db, writer=True) as store:
+            receipt = rotate_master(store, new_key_file)
+    except PortraitError as exc:
+        _fail(exc)
+    _audit(db, "rotate_master", None)
+    _emit(receipt)
+
+
+@keys_app.command("rekey")
+def keys_rekey(
+    db: Annotated[Path, typer.Option(help=DB_HELP)] = DEFAULT_DB,
+    new_key_file: Annotated[Path | None, typer.Option(
+        help="write the new pseudonym key here (default: replace the key file in use)")] = None,
+) -> None:
+    """Move every user to a pseudonym under a new key (an encrypted database only)."""
+    from portrait.privacy.rekey import rekey_pseudonyms
+    from portrait.store import open_store
+
+    try:
+        with open_store(db, writer=True) as store:
+            receipt = rekey_pseudonyms(store, new_key_file)
+    except PortraitError as exc:
+        _fail(exc)
+    _audit(db, "rekey_pseudonyms", None)
+    _emit(receipt)
 
 
 app.add_typer(keys_app, name="keys")

@@ -101,13 +101,14 @@ def run_movielens_demo(
         shutil.rmtree(db)
     spec = load_spec(str(resources.files("portrait") / "data" / "movielens.yaml"))
     with open_store(db, writer=True) as store:
-        from portrait.privacy.pseudonym import Pseudonymizer, default_key_file, load_key
+        from portrait.privacy.crypto import default_master_file
+        from portrait.privacy.pseudonym import default_key_file
+        from portrait.privacy.setup import protect
 
-        key = load_key(create=True)  # privacy on by default: ids stored as keyed pseudonyms
-        assert key is not None
-        store.enable_pseudonyms(Pseudonymizer(key))
-        say(f"privacy: user ids are stored as keyed HMAC pseudonyms (key kept outside the "
-            f"database: $PORTRAIT_PSEUDONYM_KEY or {default_key_file()})")
+        protect(store, pseudonymise=True, encrypt=True)  # privacy on by default
+        say(f"privacy: user ids are stored as keyed HMAC pseudonyms and personal fields "
+            f"encrypted under per-user keys (keys kept outside the database: "
+            f"{default_key_file()}, {default_master_file()})")
         engine = Engine(spec, store, batch_size=250_000)
         summary = _ingest_with_bar(engine, events_path, out)
     say(f"ingest {events_path.name} -> {summary.to_json()}")

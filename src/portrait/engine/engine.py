@@ -94,6 +94,8 @@ class Engine:
                 )
         self.spec = spec
         self.store = store
+        if getattr(store, "sealer", None) is not None and getattr(store, "writer", False):
+            store.set_personal_attrs(spec.personal_attrs)  # type: ignore[attr-defined]
         self.batch_size = batch_size
         # Batches up to this many new events are folded row by row in Python
         # (ProfileAggregator.fold_batch), larger ones with vectorised Polars.
@@ -286,7 +288,10 @@ class Engine:
         without any new event of theirs).
         """
         pseudo = getattr(self.store, "pseudo", None)
+        identities = None
         if pseudo is not None and events.height:  # nothing raw is stored (privacy/pseudonym.py)
+            if getattr(self.store, "sealer", None) is not None:  # kept sealed, for re-keying
+                identities = {pseudo.one(u): u for u in events[USER].unique().to_list()}
             events = events.with_columns(pseudo.column(events[USER]).alias(USER))
         if events.height:
             first = events["event_id"].is_first_distinct()
@@ -329,6 +334,7 @@ class Engine:
             new_users=new_users,
             spec_text=None if self._spec_saved else self.spec.text,
             segment_changes=changes,
+            identities=identities,
         )
         return new.height, dups
 

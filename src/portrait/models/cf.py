@@ -402,6 +402,24 @@ class ALSModel:
         fsync_path(path.parent)
         return True
 
+    @staticmethod
+    def rename_users(directory: Path, mapping: dict[str, str]) -> bool:
+        """Rewrite a saved model with its user ids renamed (old -> new); True if any was."""
+        path = Path(directory) / NPZ
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        old = arrays["user_ids"]
+        new = np.array([mapping.get(str(u), str(u)) for u in old.tolist()])
+        if bool((new == old).all()):
+            return False
+        arrays["user_ids"] = new
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        fsync_path(tmp)
+        os.replace(tmp, path)
+        fsync_path(path.parent)
+        return True
+
     @classmethod
     def load(cls, directory: Path) -> Self:
         directory = Path(directory)

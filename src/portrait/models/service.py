@@ -84,6 +84,15 @@ def forget_user(engine: Engine, user_id: str) -> int:
                for v in reg.versions(ALS))
 
 
+def rename_users(root: Path, mapping: dict[str, str]) -> int:
+    """Rename users (old id -> new id) in every saved ALS version (pseudonym re-key)."""
+    if not (Path(root) / "models").is_dir():
+        return 0
+    reg = ModelRegistry(Path(root) / "models")
+    return sum(ALSModel.rename_users(reg.version_path(ALS, v), mapping)
+               for v in reg.versions(ALS))
+
+
 def interaction_weights(engine: Engine) -> dict[str, float]:
     """The spec's ``interactions`` over the defaults."""
     return {**DEFAULT_INTERACTIONS, **dict(engine.spec.interactions)}
@@ -131,7 +140,7 @@ def train(engine: Engine, *, horizon: str = "30d", seed: int = 0,
     feats = numeric_features(engine)
     values = engine.read_at()
     for target in ("purchase", "churn"):
-        name = target_name(target, horizon)  # type: ignore[arg-type]
+        name = target_name(target, horizon)
         out[name] = _train_propensity(engine, reg, events, (target, horizon, seed), feats,
                                       wm=wm)
     if feats and values.height >= clusters:

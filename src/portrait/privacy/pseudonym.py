@@ -26,8 +26,11 @@ the raw id. What it does not: with the key, ids can be confirmed by guessing
 (HMAC is not encryption); event ids, item ids and free text the client sent
 are stored as sent (encryption of personal fields is a separate step).
 
-Rotation: not yet supported by a command; a new key needs a new database
-(re-ingest from the source files).
+Rotation: ``portrait keys rekey`` moves an *encrypted* database to a new key
+(the raw ids it needs are kept sealed in the keyring, privacy/crypto.py):
+every stored id is replaced by its new pseudonym in one swap
+(:mod:`portrait.privacy.rekey`). A database that is not encrypted cannot be
+re-keyed (the HMAC cannot be undone): re-ingest it under the new key.
 """
 
 from __future__ import annotations
@@ -56,12 +59,23 @@ def default_key_file() -> Path:
     return Path(base) / "portrait" / "pseudonym.key"
 
 
+def key_file() -> Path:
+    """The key file in use: ``$PORTRAIT_PSEUDONYM_KEY_FILE`` or the default."""
+    return Path(os.environ.get(KEY_FILE_ENV) or default_key_file())
+
+
+def pending_key_file() -> Path:
+    """Where ``portrait keys rekey`` writes the new key before it takes over."""
+    path = key_file()
+    return path.with_name(path.name + ".new")
+
+
 def load_key(*, create: bool = False) -> bytes | None:
     """The key from the environment or the key file (made when ``create``); None if none."""
     raw = os.environ.get(KEY_ENV)
     if raw:
         return raw.encode()
-    path = Path(os.environ.get(KEY_FILE_ENV) or default_key_file())
+    path = key_file()
     if path.exists():
         key = path.read_bytes().strip()
         if len(key) < 16:
@@ -69,8 +83,12 @@ def load_key(*, create: bool = False) -> bytes | None:
         return key
     if not create:
         return None
+    return write_key(path, secrets.token_hex(32).encode())
+
+
+def write_key(path: Path, key: bytes) -> bytes:
+    """Write ``key`` to a new file readable by its owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_hex(32).encode()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(key + b"\n")

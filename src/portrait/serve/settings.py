@@ -22,6 +22,7 @@ class ServeSettings(BaseModel):
     db: Path
     spec: Path | None = None  # only for a new database
     pseudonymise: bool = False  # a new database stores user ids as keyed pseudonyms
+    encrypt: bool = False  # a new database encrypts personal fields (privacy/crypto.py)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     flush_events: int = Field(default=20_000, ge=1)  # flush a micro-batch at this many events

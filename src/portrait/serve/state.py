@@ -55,7 +55,8 @@ class ServerState:
         if spec is None and not (db / "portrait.sqlite").exists():
             raise StoreError(f"{str(db)!r} is a new database: pass --spec to serve it")
         self.batcher = MicroBatcher(
-            lambda: _writer_engine(db, spec, pseudonymise=self.settings.pseudonymise),
+            lambda: _writer_engine(db, spec, pseudonymise=self.settings.pseudonymise,
+                                   encrypt=self.settings.encrypt),
             flush_events=self.settings.flush_events,
             flush_ms=self.settings.flush_ms, max_queued=self.settings.max_queued_events,
             on_commit=self.metrics.on_commit, publish=self.live.publish,
@@ -98,19 +99,18 @@ def _warm_imports() -> None:
     import portrait.models.service  # noqa: F401
 
 
-def _writer_engine(db: Path, spec: Spec | None, *, pseudonymise: bool = False) -> Engine:
+def _writer_engine(db: Path, spec: Spec | None, *, pseudonymise: bool = False,
+                   encrypt: bool = False) -> Engine:
     """The writer's engine; a new database gets its spec at once, so readers can open it."""
     from portrait.store import open_store
 
     store = open_store(db, writer=True)
     store.start_background_compaction()  # a commit (and its requests) never waits for a merge
     try:
-        if pseudonymise:
-            from portrait.privacy.pseudonym import Pseudonymizer, load_key
+        if pseudonymise or encrypt:
+            from portrait.privacy.setup import protect
 
-            key = load_key(create=True)
-            assert key is not None
-            store.enable_pseudonyms(Pseudonymizer(key))
+            protect(store, pseudonymise=pseudonymise, encrypt=encrypt)
         if spec is not None and store.meta().spec_text is None:
             store.set_spec(spec.text)
         return Engine(spec, store)

@@ -29,7 +29,8 @@ MAX_YAML_DEPTH = 32
 MAX_DURATION_DAYS = 36_500  # 100 years: windows and half-lives stay far inside int64
 MAX_DURATION_US = MAX_DURATION_DAYS * 86_400 * 1_000_000
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_TOP_LEVEL = ("version", "features", "segments", "interactions")
+_TOP_LEVEL = ("version", "features", "segments", "interactions", "privacy")
+_PRIVACY = ("personal_attrs", "personal_features")
 _COMMON = ("kind", "where", "window")
 _EXTRA: dict[str, tuple[str, ...]] = {
     "count": (),
@@ -90,8 +91,33 @@ def parse_spec(text: str, *, source: str = "<spec>") -> Spec:
     if "interactions" in top:
         for event_type, _, value in doc.mapping(top["interactions"][1], "interactions"):
             interactions[event_type] = doc.number(value, f"interactions.{event_type}")
+    personal: dict[str, tuple[str, ...]] = {}
+    if "privacy" in top:
+        personal = _privacy(doc, features, top["privacy"][1])
     return Spec(version=version, features=features, segments=segments, text=text,
-                interactions=interactions)
+                interactions=interactions, **personal)
+
+
+def _privacy(doc: _Doc, features: dict[str, FeatureSpec],
+             node: yaml.Node) -> dict[str, tuple[str, ...]]:
+    """``privacy: {personal_attrs: [attrs keys], personal_features: [feature names]}``."""
+    out: dict[str, tuple[str, ...]] = {}
+    for name, key, value in doc.mapping(node, "privacy", allow_null=True):
+        path = f"privacy.{name}"
+        if name not in _PRIVACY:
+            doc.fail(f"{path}: unknown option (expected {', '.join(_PRIVACY)})", key)
+        if not isinstance(value, yaml.SequenceNode):
+            doc.fail(f"{path}: expected a list of names, got {_describe(value)}", value)
+        names: dict[str, None] = {}
+        for item in value.value:
+            n = doc.text(item, path)
+            if not n or len(n) > 256:
+                doc.fail(f"{path}: names are 1 to 256 characters", item)
+            if name == "personal_features" and n not in features:
+                doc.fail(f"{path}: {n!r} is not a feature of this spec", item)
+            names[n] = None
+        out[name] = tuple(names)
+    return out
 
 
 class _Doc:

@@ -122,6 +122,10 @@ class Spec:
     # event type -> weight for the models (collaborative filtering); empty: the
     # defaults of ``portrait.models.cf.DEFAULT_INTERACTIONS``. Negative allowed.
     interactions: Mapping[str, float] = FrozenMap()
+    # privacy: attrs keys sealed at rest (privacy/crypto.py), features masked for
+    # keys without the admin scope (derived from personal fields, say)
+    personal_attrs: tuple[str, ...] = ()
+    personal_features: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", FrozenMap(self.features))

@@ -70,6 +70,9 @@ class Commit:
     segment_changes: pl.DataFrame | None = None
     # Consent decisions of this batch (privacy/consent.py CONSENT_SCHEMA); latest wins.
     consents: pl.DataFrame | None = None
+    # Stored (pseudonymous) id -> raw id of this batch's users, kept sealed in the
+    # keyring of an encrypted store so its pseudonyms can be re-keyed.
+    identities: dict[str, str] | None = None
 
 
 MEMBERSHIP_SCHEMA: dict[str, pl.DataType] = {

@@ -50,12 +50,22 @@ import polars as pl
 from portrait.errors import StoreError
 from portrait.events.schema import EVENT_SCHEMA, DeadLetter
 from portrait.fsutil import fsync_path
+from portrait.privacy.crypto import (
+    MASTER_ENV,
+    MASTER_FILE_ENV,
+    Keyring,
+    Sealer,
+    default_master_file,
+    load_master,
+    master_check,
+)
 from portrait.privacy.pseudonym import (
     KEY_ENV,
     KEY_FILE_ENV,
     Pseudonymizer,
     default_key_file,
     load_key,
+    pending_key_file,
 )
 from portrait.store.base import (
     CHANGE_SCHEMA,
@@ -177,6 +187,8 @@ class EmbeddedStore:
             self._remove_orphans()
         self.pseudo: Pseudonymizer | None = None
         self._open_pseudonyms()
+        self.sealer: Sealer | None = None
+        self._open_encryption()
 
     # -- pseudonyms -------------------------------------------------------
     def _open_pseudonyms(self) -> None:
@@ -190,8 +202,11 @@ class EmbeddedStore:
                 f"({KEY_ENV}, {KEY_FILE_ENV} or {default_key_file()})")
         pseudo = Pseudonymizer(key)
         if pseudo.check != check:
+            pending = pending_key_file()
+            hint = f" (an interrupted re-key left the new key in {pending})" \
+                if pending.exists() else ""
             raise StoreError(f"{str(self.root)!r}: the pseudonym key given is not the one "
-                             "this database was made with")
+                             f"this database was made with{hint}")
         self.pseudo = pseudo
 
     def enable_pseudonyms(self, pseudo: Pseudonymizer) -> None:
@@ -208,13 +223,54 @@ class EmbeddedStore:
                         (json.dumps(pseudo.check),))
         self.pseudo = pseudo
 
+    # -- encryption at rest (privacy/crypto.py) ---------------------------
+    def _open_encryption(self) -> None:
+        if not self._get_meta("encrypted"):
+            return
+        master = load_master()
+        if master is None:
+            raise StoreError(
+                f"{str(self.root)!r} encrypts personal fields: give its master key "
+                f"({MASTER_ENV}, {MASTER_FILE_ENV} or {default_master_file()})")
+        keyring = Keyring(self.root / "keyring.sqlite", master, writer=self.writer)
+        self.sealer = Sealer(keyring, self._get_meta("personal_attrs") or ())
+
+    def enable_encryption(self, master: bytes) -> None:
+        """Encrypt personal fields from now on (a new database only; see privacy/crypto.py).
+
+        Which ``attrs`` keys are personal comes from the spec (the engine calls
+        :meth:`set_personal_attrs`); ``text``, ``lat`` and ``lon`` always are.
+        """
+        self._require_writer()
+        if self.sealer is None:
+            if self._get_meta("accepted"):
+                raise StoreError("this database already holds personal fields in the clear: "
+                                 "encrypt a new one (re-ingest the source files)")
+            keyring = Keyring(self.root / "keyring.sqlite", master, writer=True, create=True)
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('encrypted', 'true')")
+            self.sealer = Sealer(keyring)
+        elif master_check(master) != self.sealer.keyring.check:
+            raise StoreError("this database was made with another master key")
+
+    def set_personal_attrs(self, names: tuple[str, ...]) -> None:
+        """The ``attrs`` keys sealed from now on (the spec's ``privacy.personal_attrs``)."""
+        self._require_writer()
+        if self.sealer is None or self.sealer.personal_attrs == frozenset(names):
+            return
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('personal_attrs', ?)",
+                        (json.dumps(sorted(names)),))
+        self.sealer.personal_attrs = frozenset(names)
+
     def _private_letter(self, d: DeadLetter) -> tuple[str, str, str | None]:
-        """(reason, raw, user_id) of a dead letter as stored: pseudonymised when on."""
+        """(reason, raw, user_id) of a dead letter as stored: pseudonymised and sealed when on."""
         user = d.user_id or _raw_user_id(d.raw)
-        if self.pseudo is None or user is None:
-            return d.reason, d.raw, user
-        reason = d.reason.replace(user, self.pseudo.one(user)) if len(user) >= 4 else d.reason
-        return reason, self.pseudo.text(d.raw, user), self.pseudo.one(user)
+        reason, raw = d.reason, d.raw
+        if self.pseudo is not None and user is not None:
+            reason = reason.replace(user, self.pseudo.one(user)) if len(user) >= 4 else reason
+            raw, user = self.pseudo.text(raw, user), self.pseudo.one(user)
+        if self.sealer is not None:
+            raw = self.sealer.seal_text(user, raw)
+        return reason, raw, user
 
     def withdrawn(self, purpose: str) -> set[str]:
         try:
@@ -255,6 +311,8 @@ class EmbeddedStore:
             self._compactor = None
         self._pool.shutdown(wait=True)
         self.db.close()
+        if self.sealer is not None:
+            self.sealer.keyring.close()
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
@@ -380,7 +438,8 @@ class EmbeddedStore:
                 lf = lf.filter(pl.col("ts") <= until)
             return lf.collect()
 
-        return self._scan_retry("log", build)
+        frame = self._scan_retry("log", build)
+        return frame if self.sealer is None else self.sealer.open(frame)
 
     def seen(self, event_ids: pl.Series) -> pl.Series:
         if not self.writer:  # a reader sees other processes' commits: no cache
@@ -403,8 +462,10 @@ class EmbeddedStore:
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         rows = self.db.execute(sql).fetchall()
+        sealer = self.sealer
         return [
-            {"source": s, "line": ln, "reason": r, "raw": raw, "batch": b, "user_id": u}
+            {"source": s, "line": ln, "reason": r, "batch": b, "user_id": u,
+             "raw": raw if sealer is None else sealer.open_text(u, raw)}
             for s, ln, r, raw, b, u in rows
         ]
 
@@ -439,10 +500,17 @@ class EmbeddedStore:
         seq = (self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM batches").fetchone()[0]) + 1
         new_files: list[tuple[str, int, str, int]] = []
         jobs: list[tuple[pl.DataFrame, str]] = []
-        if commit.events.height:
+        events = commit.events
+        if self.sealer is not None:
+            # keys first, durably: sealed data is never written without its key
+            users = events[USER].unique().to_list() if events.height else []
+            self.sealer.keyring.ensure(users, commit.identities)
+            if events.height:
+                events = self.sealer.seal(events)
+        if events.height:
             # The log is not sorted: sorting costs more than the scans it saves.
             name = f"log/{seq:08d}.parquet"
-            jobs.append((commit.events, name))
+            jobs.append((events, name))
             new_files.append(("log", seq, name, commit.events.height))
         if commit.states.height:
             # States are sorted by user so a point read touches one row group.
@@ -609,6 +677,8 @@ class EmbeddedStore:
             return self._forget(self.resolve(user_id))
 
     def _forget(self, user_id: str) -> dict[str, int]:
+        # shred first: from here on no copy of the user's sealed fields can be read
+        shredded = self.sealer is not None and self.sealer.keyring.destroy(user_id)
         drop = pl.col(USER) == user_id
         logs = self._rewrite_without("log", drop, "e")
         states = self._rewrite_without("state", drop, "e")
@@ -636,6 +706,7 @@ class EmbeddedStore:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._seen = None  # the user's event ids are gone from the log: rebuilt on demand
         removed["files_rewritten"] = len(logs.files) + len(states.files)
+        removed["keys_destroyed"] = int(shredded)
         return removed
 
     def _rewrite_without(self, kind: str, drop: pl.Expr, tag: str) -> _Rewrite:
@@ -660,6 +731,80 @@ class EmbeddedStore:
                 self._write_parquet(rest, new)
             out.files.append((seq, name, new, rest.height))
         fsync_path(self.root / kind)
+        return out
+
+    # -- re-keying pseudonyms (privacy/rekey.py) ---------------------------
+    def rename_users(self, mapping: dict[str, str], pseudo: Pseudonymizer) -> dict[str, int]:
+        """Replace stored user ids (old -> new) everywhere, then record ``pseudo``'s key.
+
+        Every log and state file is rewritten with the new ids (then the old
+        files deleted) and every table's ``user_id`` (and dead letters' raw
+        text and reason) updated, all swapped in one transaction, so a crash
+        leaves either the old ids everywhere or the new ones. The keyring must
+        hold keys under the new ids before (:meth:`Keyring.copy_to`).
+        """
+        self._require_writer()
+        with self._compact_lock:
+            rewrites = [self._rewrite_mapped(kind, mapping) for kind in ("log", "state")]
+            db = self.db
+            letters = self._renamed_letters(mapping)
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for rw in rewrites:
+                    rw.record(db)
+                db.execute("CREATE TEMP TABLE IF NOT EXISTS rekey (old TEXT PRIMARY KEY, "
+                           "new TEXT NOT NULL)")
+                db.execute("DELETE FROM rekey")
+                db.executemany("INSERT INTO rekey VALUES (?, ?)", list(mapping.items()))
+                for table in ("memberships", "segment_changes", "consents", "dead_letters"):
+                    db.execute(f"UPDATE {table} SET user_id = (SELECT new FROM rekey "
+                               f"WHERE old = {table}.user_id) "  # table: fixed names
+                               "WHERE user_id IN (SELECT old FROM rekey)")
+                db.executemany("UPDATE dead_letters SET reason = ?, raw = ? WHERE id = ?",
+                               letters)
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('pseudonym_check', ?)",
+                           (json.dumps(pseudo.check),))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            for rw in rewrites:
+                rw.delete_old()
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            db.execute("VACUUM")  # free pages would still link old and new pseudonyms
+            self.pseudo = pseudo
+            return {"files_rewritten": sum(len(rw.files) for rw in rewrites),
+                    "dead_letters": len(letters)}
+
+    def _rewrite_mapped(self, kind: str, mapping: dict[str, str]) -> _Rewrite:
+        out = _Rewrite(self.root, kind)
+        for seq, name, rows in _file_rows(self.db, kind):
+            frame = pl.read_parquet(self.root / name)
+            frame = frame.with_columns(pl.col(USER).replace(mapping))
+            if kind == "state":
+                frame = frame.sort(USER)
+            new = f"{kind}/{seq:08d}-k{time.time_ns() // 1000}.parquet"
+            self._write_parquet(frame, new)
+            out.files.append((seq, name, new, rows))
+        fsync_path(self.root / kind)
+        return out
+
+    def _renamed_letters(self, mapping: dict[str, str]) -> list[tuple[str, str, int]]:
+        """(reason, raw, id) of every dead letter naming a renamed user, with the new id."""
+        out = []
+        rows = self.db.execute("SELECT id, reason, raw, user_id FROM dead_letters "
+                               "WHERE user_id IS NOT NULL").fetchall()
+        for rid, reason, raw, user in rows:
+            new = mapping.get(user)
+            if new is None:
+                continue
+            text = raw if self.sealer is None else self.sealer.open_text(user, raw)
+            if text is None:
+                continue
+            text = text.replace(user, new)
+            if self.sealer is not None:
+                text = self.sealer.seal_text(new, text)
+            out.append((reason.replace(user, new), text, rid))
         return out
 
     def _lower_meta(self, db: sqlite3.Connection, key: str, n: int) -> None:
