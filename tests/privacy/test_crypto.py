@@ -30,7 +30,7 @@ from portrait.engine.engine import Engine
 from portrait.errors import StoreError, UsageError
 from portrait.models.cf import ALSModel, ALSParams
 from portrait.models.registry import ModelRegistry
-from portrait.privacy.crypto import MASTER_ENV, MASTER_FILE_ENV, SEALED, Sealer
+from portrait.privacy.crypto import MASTER_ENV, MASTER_FILE_ENV
 from portrait.privacy.erasure import forget
 from portrait.privacy.pseudonym import KEY_ENV, KEY_FILE_ENV, Pseudonymizer, load_key
 from portrait.privacy.rekey import rekey_pseudonyms, rotate_master
@@ -57,6 +57,8 @@ def _personal(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ev["lat"], ev["lon"] = round(rng.uniform(-60, 60), 6), round(rng.uniform(-170, 170), 6)
         if i % 4 == 0:
             ev["attrs"] = {"email": f"{word()}@mail.example", "device": "ios"}
+        elif i % 5 == 0:  # no personal key: stored as is
+            ev["attrs"] = {"device": "web", "channel": "email"}
     return events
 
 
@@ -93,7 +95,7 @@ def _scan(root: Path, needles: dict[str, bytes], skip: tuple[str, ...] = ()) -> 
 def _needles(events: list[dict[str, Any]]) -> dict[str, bytes]:
     out = {f"text {e['text']}": e["text"].encode() for e in events if e.get("text")}
     out |= {f"email {e['attrs']['email']}": e["attrs"]["email"].split("@")[0].encode()
-            for e in events if e.get("attrs")}
+            for e in events if "email" in e.get("attrs", {})}
     out |= {f"lat {e['lat']}": struct.pack("<d", e["lat"]) for e in events if "lat" in e}
     return out
 
@@ -140,9 +142,13 @@ def test_reads_are_the_same_and_no_personal_field_is_stored_in_the_clear(
         assert b.sealer.personal_attrs == frozenset({"email"})
         stored = pl.concat([pl.read_parquet(private / n) for _, n in b._files("log")])
         assert stored["text"].null_count() == stored.height  # sealed, not stored
-        assert stored[SEALED].null_count() < stored.height
+        assert stored["lat"].null_count() == stored.height
+        vault = b.db.execute("SELECT COUNT(*), COUNT(DISTINCT user_id) FROM vault").fetchone()
+        assert vault[1] == len(USERS)
+        assert vault[0] > vault[1], "one sealed row per user and commit"
         assert all("email" not in json.loads(a) for a in stored["attrs"].drop_nulls())
-        assert any("device" in json.loads(a) for a in stored["attrs"].drop_nulls())
+        assert {"device": "web", "channel": "email"} in [
+            json.loads(a) for a in stored["attrs"].drop_nulls()], "non-personal attrs stay"
 
     needles = _needles(events)
     assert len(needles) > 100
@@ -168,12 +174,17 @@ def test_erasure_shreds_the_key_so_old_copies_are_unreadable(tmp_path: Path, key
     with open_store(db) as store:
         gone = store.resolve(GONE)
         assert store.sealer is not None
-        wrapped = store.sealer.keyring.db.execute(
-            "SELECT wrapped FROM user_keys WHERE user_id = ?", (gone,)).fetchone()[0]
+        wrapped = store.sealer.keyring.db.execute(  # the key block holding their key
+            "SELECT b.blob FROM user_keys u JOIN key_blocks b ON b.block = u.block "
+            "WHERE u.user_id = ?", (gone,)).fetchone()[0]
     with open_store(db, writer=True) as store:
         receipt = forget(Engine(None, store), GONE)
     assert receipt["removed"]["keys_destroyed"] == 1
     assert not any(bytes(wrapped) in p.read_bytes() for p in db.rglob("keyring.sqlite*"))
+    with open_store(db) as store:
+        assert store.sealer is not None
+        assert gone not in dict(store.sealer.keyring.identities())
+        assert store.resolve(KEPT) in dict(store.sealer.keyring.identities())
 
     for f in db.glob("keyring.sqlite*"):  # the old copy, opened with today's keyring
         shutil.copy(f, backup / f.name)
@@ -206,20 +217,24 @@ def test_wrong_or_missing_master_key_is_refused(tmp_path: Path, keys: Path,
         open_store(db)
 
 
-def test_a_sealed_value_cannot_be_moved_to_another_event(tmp_path: Path, keys: Path) -> None:
+def test_a_sealed_row_opens_only_under_its_own_users_key(tmp_path: Path, keys: Path
+                                                         ) -> None:
     db = tmp_path / "db"
-    _build(db, _files(tmp_path, _events(random.Random(2))), private=True)
-    with open_store(db) as store:
-        assert isinstance(store.sealer, Sealer)
-        _, name = store._files("log")[0]
-        frame = pl.read_parquet(db / name)
-        rows = frame.filter(pl.col(SEALED).is_not_null()).head(2)
-        swapped = rows.with_columns(pl.Series(SEALED, rows[SEALED].reverse().to_list()))
-        both = store.sealer.open(rows)
-        moved = store.sealer.open(swapped)
-    assert both["text"].null_count() + both["lat"].null_count() < 4
-    assert moved["text"].null_count() == 2, "a blob opens only for its own event (AAD)"
-    assert moved["lat"].null_count() == 2
+    _build(db, _files(tmp_path, _personal(_events(random.Random(2)))), private=True)
+    with open_store(db, writer=True) as store:
+        assert store.sealer is not None
+        a, b = store.resolve(GONE), store.resolve(KEPT)
+        before = store.events([GONE, KEPT])
+        assert before["text"].null_count() < before.height
+        rows = {u: store.db.execute("SELECT rowid, blob FROM vault WHERE user_id = ?",
+                                    (u,)).fetchall() for u in (a, b)}
+        store.db.executemany("UPDATE vault SET user_id = ? WHERE rowid = ?",
+                             [(b, r) for r, _ in rows[a]] + [(a, r) for r, _ in rows[b]])
+        after = store.events([GONE, KEPT])
+    assert after["text"].null_count() == after.height, "swapped blobs open for no one"
+    assert after["lat"].null_count() == after.height
+    assert after.drop("text", "lat", "lon", "attrs").equals(
+        before.drop("text", "lat", "lon", "attrs"))
 
 
 def test_rotate_master_rewraps_every_key_and_only_the_new_key_opens(
@@ -290,3 +305,26 @@ def test_rekey_moves_every_user_to_a_new_pseudonym_and_keeps_every_profile(
         receipt = forget(Engine(None, store), KEPT)
         assert receipt["removed"]["keys_destroyed"] == 1
         assert receipt["removed"]["events"] > 0
+
+
+def test_retention_reseals_the_vault_without_the_purged_events(tmp_path: Path, keys: Path
+                                                               ) -> None:
+    events = _personal(_events(random.Random(6)))
+    files = _files(tmp_path, events)
+    plain, private = tmp_path / "plain", tmp_path / "private"
+    _build(plain, files, private=False)
+    _build(private, files, private=True)
+    with open_store(private) as store:
+        everything = store.sealer.entries(store._vault_rows(None)) if store.sealer else None
+    assert everything is not None
+    cutoff = int(everything["ts"].median())  # about half of the sealed events go
+    for db in (plain, private):
+        with open_store(db, writer=True) as store:
+            assert store.purge_before(cutoff)["events"] > 0
+    assert _log(private).equals(_log(plain))
+    with open_store(private) as store:
+        assert store.sealer is not None
+        left = store.sealer.entries(store._vault_rows(None))
+    assert left.height > 0
+    assert left["ts"].min() >= cutoff, "no purged event's fields are left in the vault"
+    assert left.height == everything.filter(pl.col("ts") >= cutoff).height

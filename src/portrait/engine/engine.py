@@ -288,11 +288,11 @@ class Engine:
         without any new event of theirs).
         """
         pseudo = getattr(self.store, "pseudo", None)
-        identities = None
+        identities: dict[str, str] | None = None
         if pseudo is not None and events.height:  # nothing raw is stored (privacy/pseudonym.py)
             if getattr(self.store, "sealer", None) is not None:  # kept sealed, for re-keying
-                identities = {pseudo.one(u): u for u in events[USER].unique().to_list()}
-            events = events.with_columns(pseudo.column(events[USER]).alias(USER))
+                identities = {}
+            events = events.with_columns(pseudo.column(events[USER], identities).alias(USER))
         if events.height:
             first = events["event_id"].is_first_distinct()
             fresh = first & ~self.store.seen(events["event_id"])

@@ -20,6 +20,7 @@ from portrait.events.rules import FATAL
 # A cell past every contract limit but still parsed, so that the reason can name its
 # field ("text: too long ..."); csv's default of 128 KiB would reject the whole row.
 FIELD_LIMIT = 16 << 20
+_BLANK = " \t\r"  # all a blank line holds, as for LineRun.blank (not str.isspace)
 
 
 @dataclass
@@ -89,7 +90,7 @@ def _parse(
         bad = [i for i in range(start, end) if i in bad_utf8]
         if bad:
             cells, why = None, f"record: invalid UTF-8 at byte {bad_utf8[bad[0]]}"
-        elif cells is not None and (not cells or (len(cells) == 1 and not cells[0].strip())):
+        elif cells is not None and end - start == 1 and not fed[start].strip(_BLANK):
             start = end
             continue  # a blank line
         elif cells is not None and len(cells) != width:

@@ -32,6 +32,7 @@ from portrait.events.staging import Unreadable
 from portrait.events.validate import dead_letters, validate_records
 
 _MIN_BLOCK = 4 << 20
+_OPEN_BRACE = ord("{")
 
 
 def _schema(ts_type: pa.DataType) -> pa.Schema:
@@ -78,6 +79,9 @@ def _first_ts_kind(run: LineRun, first: int) -> str:
 def _fast_parse(run: LineRun, keep: np.ndarray) -> pl.DataFrame | None:
     """The run as a typed frame, or None where only the line-by-line path can be trusted."""
     starts, ends = run.bounds()
+    first = np.frombuffer(run.data, dtype=np.uint8)[starts[keep]]
+    if not (first == _OPEN_BRACE).all():
+        return None  # a line that is not an object: pyarrow crashes on a leading null
     block = max(_MIN_BLOCK, int((ends - starts).max()) + 2)
     kind = _first_ts_kind(run, int(keep[0]))
     for attempt in (kind, "number" if kind == "string" else "string"):
@@ -97,6 +101,10 @@ def _fast_parse(run: LineRun, keep: np.ndarray) -> pl.DataFrame | None:
     else:
         return None
     if table.num_rows != len(keep):
+        return None
+    try:  # pyarrow does not check that strings are UTF-8: a bad byte must be a dead letter
+        table.validate(full=True)
+    except pa.ArrowInvalid:
         return None
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)

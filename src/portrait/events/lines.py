@@ -75,6 +75,7 @@ class LineSource:
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
         self._chunks: list[tuple[bytes, int]] = []  # unread blocks and their newline counts
+        self._offset = 0  # bytes of the first block already handed out
         self._newlines = 0  # newlines in the unread blocks
         self._eof = False
         self._started = False
@@ -102,27 +103,41 @@ class LineSource:
             data = self._cut(count)
             n = count
         else:  # end of file: everything left; the last line may lack its newline
-            data = b"".join(c for c, _ in self._chunks)
-            self._chunks, self._newlines = [], 0
+            data = b"".join(self._unread(len(self._chunks)))
+            self._chunks, self._offset, self._newlines = [], 0, 0
             n = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
             data = data.removesuffix(b"\n")
         run = LineRun(data, self.lines_read + 1, n)
         self.lines_read += n
         return run
 
+    def _unread(self, blocks: int) -> list[bytes]:
+        """The first ``blocks`` unread blocks, the first without what was handed out."""
+        out = [c for c, _ in self._chunks[:blocks]]
+        if out and self._offset:
+            out[0] = out[0][self._offset :]
+        return out
+
     def _cut(self, count: int) -> bytes:
-        """The unread data up to (not including) the ``count``-th newline; the rest stays."""
+        """The unread data up to (not including) the ``count``-th newline; the rest stays.
+
+        The rest of the block stays where it is (an offset, not a copy): cutting
+        one line at a time, as the CSV reader does to finish a quoted cell, must
+        not copy the whole block each time.
+        """
         need, used = count, 0
         while self._chunks[used][1] < need:  # find the block holding the count-th newline
             need -= self._chunks[used][1]
             used += 1
         chunk, found = self._chunks[used]
-        at = _nth_newline(chunk, need)
-        data = b"".join([*(c for c, _ in self._chunks[:used]), chunk[:at]])
-        rest = chunk[at + 1 :]
-        self._chunks = (
-            [(rest, found - need), *self._chunks[used + 1 :]] if rest else self._chunks[used + 1 :]
-        )
+        start = self._offset if used == 0 else 0
+        at = _nth_newline(chunk, need, start)
+        data = b"".join([*self._unread(used), chunk[start:at]])
+        if at + 1 < len(chunk):
+            self._chunks = [(chunk, found - need), *self._chunks[used + 1 :]]
+            self._offset = at + 1
+        else:
+            self._chunks, self._offset = self._chunks[used + 1 :], 0
         self._newlines -= count
         return data
 
@@ -137,11 +152,22 @@ class LineSource:
         return done
 
 
-def _nth_newline(buf: bytes, n: int) -> int:
-    """Offset of the n-th (1-based) newline in ``buf``, which holds at least n."""
+def _nth_newline(buf: bytes, n: int, start: int = 0) -> int:
+    """Offset of the n-th (1-based) newline in ``buf`` from ``start``; ``buf`` holds n of them.
+
+    Looks no further than it must (a window doubling from ``64 * n`` bytes), so the
+    cost follows the bytes handed out, not the size of the block.
+    """
     if n <= 64:
-        pos = -1
+        pos = start - 1
         for _ in range(n):
             pos = buf.index(b"\n", pos + 1)
         return pos
-    return int(np.flatnonzero(np.frombuffer(buf, dtype=np.uint8) == 10)[n - 1])
+    window = 64 * n
+    while True:
+        end = min(len(buf), start + window)
+        view = np.frombuffer(buf, dtype=np.uint8, count=end - start, offset=start)
+        hits = np.flatnonzero(view == 10)
+        if len(hits) >= n or end == len(buf):
+            return start + int(hits[n - 1])
+        window *= 2

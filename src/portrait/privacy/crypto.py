@@ -1,15 +1,16 @@
 """Encryption at rest of personal fields, per user, with crypto-shredding.
 
 A database made with encryption on (``portrait ingest --encrypt``, the demo's
-default) never writes a personal field in the clear. For every logged event
-that carries one, the store seals ``text``, ``lat``, ``lon`` and the ``attrs``
-keys the spec lists under ``privacy.personal_attrs`` into one AES-256-GCM
-ciphertext (column ``_sealed`` of the log: a 12-byte random nonce, then the
-ciphertext of ``[text, lat, lon, {personal attrs}]`` as JSON; the event id is
-the associated data, so a sealed value cannot be moved to another event)
-and writes those columns as null. Dead letters (raw rejected records) are
-sealed the same way, under their user's key when the record names a user,
-else under the store's own key.
+default) never writes a personal field in the clear. The personal fields of a
+committed batch -- ``text``, ``lat``, ``lon`` and the ``attrs`` keys the spec
+lists under ``privacy.personal_attrs`` -- are written as null in the log
+Parquet files; per user, they are packed together (JSON built by Polars, keyed
+by event id) and sealed with AES-256-GCM (a 12-byte random nonce, then the
+ciphertext) into one row of the store's ``vault`` table, in the commit's own
+transaction. Reads join them back by event id. Dead letters (raw rejected
+records) are sealed the same way, under their user's key when the record names
+a user, else under the store's own key. Retention re-seals a vault row
+without the purged events.
 
 **Keys.** Each user has a random 256-bit *data key*, kept in
 ``<db>/keyring.sqlite`` only *wrapped* (AES-GCM) by the *master key*. The
@@ -48,7 +49,9 @@ import hmac
 import os
 import secrets
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -60,15 +63,20 @@ from portrait.errors import StoreError
 
 MASTER_ENV = "PORTRAIT_MASTER_KEY"
 MASTER_FILE_ENV = "PORTRAIT_MASTER_KEY_FILE"
-SEALED = "_sealed"
 PERSONAL_COLUMNS = ("text", "lat", "lon")
 STORE_KEY_ID = "\x00store"  # the data key of dead letters that name no user
 TEXT_PREFIX = "enc:v1:"
 NONCE = 12
 _CHECK_MESSAGE = b"portrait master key check v1"
 _WRAP_AAD = b"portrait data key v1"
-_ID_AAD = b"portrait raw id v1"
-_CACHE_MAX = 500_000
+_CACHE_MAX = 1_000_000
+BLOCK_USERS = 4_096
+_KEYRING_SQL = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS key_blocks (block INTEGER PRIMARY KEY, blob BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS user_keys (user_id TEXT PRIMARY KEY, block INTEGER NOT NULL)
+    WITHOUT ROWID;
+"""
 
 
 def default_master_file() -> Path:
@@ -129,11 +137,17 @@ def _unseal(aead: AESGCM, blob: bytes, aad: bytes) -> bytes:
 
 
 class Keyring:
-    """Per-user data keys wrapped by the master key, in one SQLite file.
+    """Per-user data keys, wrapped by the master key in blocks, in one SQLite file.
 
-    ``ensure`` makes the missing keys of a batch's users durably (one
-    transaction, before the batch's data is written, so a crash cannot leave
-    sealed data without its key); ``destroy`` forgets one for good.
+    Keys are made in bulk: the new users of a batch get random 256-bit keys
+    that are wrapped together, as one AES-GCM *block* of at most
+    :data:`BLOCK_USERS` entries (user -> key and, when pseudonymous, raw id),
+    so onboarding 100,000 users costs a few dozen AES calls, not 100,000.
+    ``user_keys`` says which block holds a user's key. ``ensure`` writes new
+    keys durably (one transaction, before the batch's data is written, so a
+    crash cannot leave sealed data without its key). ``destroy`` re-wraps
+    the user's block without them, deletes their row and vacuums: the key is
+    gone from every page of the file.
     """
 
     def __init__(self, path: Path, master: bytes, *, writer: bool, create: bool = False) -> None:
@@ -148,10 +162,8 @@ class Keyring:
         if writer:
             self.db.execute("PRAGMA journal_mode = WAL")
             self.db.execute("PRAGMA synchronous = FULL")
-            self.db.execute("CREATE TABLE IF NOT EXISTS user_keys (user_id TEXT PRIMARY KEY, "
-                            "wrapped BLOB NOT NULL, identity BLOB)")
-            self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, "
-                            "value TEXT NOT NULL)")
+            self.db.execute("PRAGMA secure_delete = ON")
+            self.db.executescript(_KEYRING_SQL)
             if create:
                 self.db.execute("INSERT OR IGNORE INTO meta VALUES ('master_check', ?)",
                                 (master_check(master),))
@@ -163,8 +175,10 @@ class Keyring:
                 if pending.exists() else ""
             raise StoreError(f"{str(path.parent)!r}: the master key given is not the one "
                              f"this database's keyring is wrapped with{hint}")
+        self._keys: dict[str, bytes] = {}  # user -> data key, of the blocks opened so far
         self._aead: dict[str, AESGCM] = {}
         self._known: set[str] | None = None
+        self._lock = threading.Lock()  # readers on the server's threads share the caches
 
     def __repr__(self) -> str:  # never show a key
         return f"Keyring({str(self.path)!r})"
@@ -178,6 +192,23 @@ class Keyring:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'master_check'").fetchone()
         return str(row[0])
 
+    # -- blocks ------------------------------------------------------------
+    def _wrap(self, entries: dict[str, list[str | None]]) -> bytes:
+        return _seal(self._master, orjson.dumps(entries), _WRAP_AAD)
+
+    def _unwrap(self, blob: bytes) -> dict[str, list[str | None]]:
+        try:
+            out: dict[str, list[str | None]] = orjson.loads(
+                _unseal(self._master, bytes(blob), _WRAP_AAD))
+        except InvalidTag as exc:
+            raise StoreError(f"{self.path}: a key block does not open with this master key "
+                             "(a keyring from another database?)") from exc
+        return out
+
+    def _blocks(self) -> list[tuple[int, dict[str, list[str | None]]]]:
+        return [(int(b), self._unwrap(blob))
+                for b, blob in self.db.execute("SELECT block, blob FROM key_blocks")]
+
     def _known_users(self) -> set[str]:
         if self._known is None:
             self._known = {str(r[0]) for r in self.db.execute("SELECT user_id FROM user_keys")}
@@ -186,203 +217,272 @@ class Keyring:
     def ensure(self, users: Iterable[str], identities: dict[str, str] | None = None) -> int:
         """Make a data key for each of ``users`` that has none; returns how many were made.
 
-        ``identities`` (stored id -> raw id) seals the raw id of a new user
+        ``identities`` (stored id -> raw id) keeps the raw id of a new user
         beside its key, for re-keying pseudonyms later.
         """
         known = self._known_users()
         new = [u for u in dict.fromkeys(users) if u not in known]
         if not new:
             return 0
-        rows = []
-        for user in new:
-            key = secrets.token_bytes(32)
-            raw = (identities or {}).get(user)
-            ident = None if raw is None else _seal(AESGCM(key), raw.encode(), _ID_AAD)
-            rows.append((user, _seal(self._master, key, _WRAP_AAD), ident))
-            self._aead[user] = AESGCM(key)
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            self.db.executemany("INSERT OR IGNORE INTO user_keys VALUES (?, ?, ?)", rows)
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            for user in new:
-                self._aead.pop(user, None)
-            raise
+        raw = os.urandom(32 * len(new))
+        ids = identities or {}
+        keys = {u: raw[32 * i:32 * i + 32] for i, u in enumerate(new)}
+        self._write_blocks({u: [k.hex(), ids.get(u)] for u, k in keys.items()})
+        with self._lock:
+            self._keys.update(keys)
         known.update(new)
         return len(new)
+
+    def _write_blocks(self, entries: dict[str, list[str | None]]) -> None:
+        """Wrap ``entries`` into new blocks and index them, in one transaction."""
+        users = list(entries)
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for i in range(0, len(users), BLOCK_USERS):
+                chunk = users[i:i + BLOCK_USERS]
+                block = db.execute("INSERT INTO key_blocks (blob) VALUES (?)",
+                                   (self._wrap({u: entries[u] for u in chunk}),)).lastrowid
+                db.executemany("INSERT OR REPLACE INTO user_keys VALUES (?, ?)",
+                               [(u, block) for u in chunk])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _key(self, user: str) -> bytes | None:
+        with self._lock:
+            found = self._keys.get(user)
+        if found is not None:
+            return found
+        row = self.db.execute("SELECT b.blob FROM user_keys u JOIN key_blocks b "
+                              "ON b.block = u.block WHERE u.user_id = ?", (user,)).fetchone()
+        if row is None:
+            return None
+        entries = self._unwrap(row[0])
+        keys = {u: bytes.fromhex(str(e[0])) for u, e in entries.items()}
+        with self._lock:
+            if len(self._keys) + len(keys) > _CACHE_MAX:
+                self._keys.clear()
+                self._aead.clear()
+            self._keys.update(keys)  # the whole block: its users tend to be read together
+        return keys.get(user)
 
     def aead(self, user: str) -> AESGCM | None:
         """The user's cipher, or None when they have no key (never had one, or shredded)."""
         found = self._aead.get(user)
         if found is not None:
             return found
-        row = self.db.execute("SELECT wrapped FROM user_keys WHERE user_id = ?",
-                              (user,)).fetchone()
-        if row is None:
+        key = self._key(user)
+        if key is None:
             return None
-        try:
-            key = _unseal(self._master, bytes(row[0]), _WRAP_AAD)
-        except InvalidTag as exc:
-            raise StoreError(f"{self.path}: a data key does not open with this master key "
-                             "(a keyring from another database?)") from exc
         found = AESGCM(key)
-        if len(self._aead) >= _CACHE_MAX:
-            self._aead.clear()
-        self._aead[user] = found
+        with self._lock:
+            self._aead[user] = found
         return found
 
     def destroy(self, user: str) -> bool:
         """Delete the user's data key for good (crypto-shredding); True if there was one."""
-        gone = self.db.execute("DELETE FROM user_keys WHERE user_id = ?", (user,)).rowcount > 0
-        self._aead.pop(user, None)
-        if self._known is not None:
-            self._known.discard(user)
-        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self.db.execute("VACUUM")  # free pages would still hold the wrapped key
-        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return gone
+        return self.drop([user]) > 0
+
+    def drop(self, users: Iterable[str]) -> int:
+        """Delete the keys of ``users`` (their blocks re-wrapped without them), then vacuum
+        so no free page keeps them; returns how many there were."""
+        gone = set(users)
+        db = self.db
+        rows = [(u, b) for u in gone for (b,) in
+                db.execute("SELECT block FROM user_keys WHERE user_id = ?", (u,))]
+        blocks = {b for _, b in rows}
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for block in blocks:
+                blob = db.execute("SELECT blob FROM key_blocks WHERE block = ?",
+                                  (block,)).fetchone()[0]
+                left = {u: e for u, e in self._unwrap(blob).items() if u not in gone}
+                if left:
+                    db.execute("UPDATE key_blocks SET blob = ? WHERE block = ?",
+                               (self._wrap(left), block))
+                else:
+                    db.execute("DELETE FROM key_blocks WHERE block = ?", (block,))
+            db.executemany("DELETE FROM user_keys WHERE user_id = ?", [(u,) for u, _ in rows])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._forget_cached(gone)
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.execute("VACUUM")  # free pages would still hold the wrapped keys
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return len(rows)
+
+    def _forget_cached(self, users: set[str]) -> None:
+        with self._lock:
+            for u in users:
+                self._keys.pop(u, None)
+                self._aead.pop(u, None)
+            if self._known is not None:
+                self._known -= users
 
     def identities(self) -> Iterator[tuple[str, str | None]]:
         """(stored id, raw id or None) of every user with a key."""
-        for user, ident in self.db.execute("SELECT user_id, identity FROM user_keys").fetchall():
-            raw = None
-            aead = self.aead(str(user))
-            if ident is not None and aead is not None:
-                raw = _unseal(aead, bytes(ident), _ID_AAD).decode()
-            yield str(user), raw
+        for _, entries in self._blocks():
+            for user, (_, raw) in entries.items():
+                yield user, raw
 
     def copy_to(self, mapping: dict[str, str]) -> None:
-        """Give each new id (old id -> new id) a copy of the old id's key row.
+        """Give each new id (old id -> new id) a copy of the old id's key.
 
         Re-keying pseudonyms copies first, swaps the store, then :meth:`drop`
-        the old rows: a crash at any point leaves every id the store uses
-        with its key.
+        the old ids: a crash at any point leaves every id the store uses with
+        its key. The raw id stays beside the key.
         """
-        self._exec_many("INSERT OR REPLACE INTO user_keys SELECT ?, wrapped, identity "
-                        "FROM user_keys WHERE user_id = ?",
-                        [(new, old) for old, new in mapping.items()])
-
-    def drop(self, users: Iterable[str]) -> None:
-        """Delete key rows that no stored id uses any more (after a re-key)."""
-        self._exec_many("DELETE FROM user_keys WHERE user_id = ?", [(u,) for u in users])
-        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self.db.execute("VACUUM")
-
-    def _exec_many(self, sql: str, rows: list[tuple[str, ...]]) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            self.db.executemany(sql, rows)
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self._aead.clear()
-        self._known = None
+        entries = {mapping[u]: e for _, block in self._blocks()
+                   for u, e in block.items() if u in mapping}
+        self._write_blocks(entries)
+        with self._lock:
+            self._known = None
 
     def rewrap(self, new_master: bytes) -> int:
-        """Wrap every data key under ``new_master`` and record its check, in one transaction.
-
-        Returns how many keys were re-wrapped.
-        """
+        """Wrap every key block under ``new_master`` and record its check, in one
+        transaction; returns how many keys were re-wrapped."""
         target = AESGCM(new_master)
-        rows = self.db.execute("SELECT user_id, wrapped FROM user_keys").fetchall()
-        out = [(_seal(target, _unseal(self._master, bytes(w), _WRAP_AAD), _WRAP_AAD), str(u))
-               for u, w in rows]
-        self.db.execute("BEGIN IMMEDIATE")
+        blocks = self._blocks()
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
         try:
-            self.db.executemany("UPDATE user_keys SET wrapped = ? WHERE user_id = ?", out)
-            self.db.execute("UPDATE meta SET value = ? WHERE key = 'master_check'",
-                            (master_check(new_master),))
-            self.db.execute("COMMIT")
+            db.executemany("UPDATE key_blocks SET blob = ? WHERE block = ?",
+                           [(_seal(target, orjson.dumps(e), _WRAP_AAD), b) for b, e in blocks])
+            db.execute("UPDATE meta SET value = ? WHERE key = 'master_check'",
+                       (master_check(new_master),))
+            db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            db.execute("ROLLBACK")
             raise
         self._master = target
-        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self.db.execute("VACUUM")  # no page may keep a key wrapped by the old master
-        return len(out)
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.execute("VACUUM")  # no page may keep a block wrapped by the old master
+        return sum(len(e) for _, e in blocks)
+
+
+_ENTRY = pl.Struct({"event_id": pl.String, "ts": pl.Int64, "text": pl.String,
+                    "lat": pl.Float64, "lon": pl.Float64, "secret": pl.String})
+_VAULT_AAD = b"portrait vault v1"
+
+
+@dataclass(frozen=True)
+class VaultRow:
+    """One user's personal fields of one commit, sealed under their data key."""
+
+    user_id: str
+    min_ts: int
+    blob: bytes
 
 
 class Sealer:
-    """Seals and opens the personal fields of event frames and dead-letter text."""
+    """Seals and opens the personal fields of event frames and dead-letter text.
+
+    A commit's personal fields are sealed per *user*, not per event: the
+    fields of all of a user's events in the batch are packed (vectorised, as
+    JSON built by Polars) into one plaintext and encrypted once, so the
+    Python work is one AES-GCM call per user and commit. The blobs are kept in
+    the store's ``vault`` table (one row per user and commit), written in the
+    commit's transaction; reading joins them back by ``event_id``.
+    """
 
     def __init__(self, keyring: Keyring, personal_attrs: Iterable[str] = ()) -> None:
         self.keyring = keyring
         self.personal_attrs = frozenset(personal_attrs)
 
-    def _personal_mask(self, frame: pl.DataFrame) -> pl.Expr:
-        mask = pl.lit(False)
-        for col in PERSONAL_COLUMNS:
-            mask = mask | pl.col(col).is_not_null()
-        if self.personal_attrs:
-            mask = mask | pl.col("attrs").is_not_null()
-        return mask
+    def _split_attrs(self, frame: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
+        """(attrs as stored, attrs as sealed) per row: an ``attrs`` object that names a
+        personal key is sealed whole (vectorised; its other keys are sealed with it)."""
+        attrs = frame["attrs"]
+        if not self.personal_attrs or attrs.null_count() == frame.height:
+            return attrs, pl.Series("secret", [None] * frame.height, pl.String)
+        keys = [orjson.dumps(k).decode() + ":" for k in sorted(self.personal_attrs)]
+        hit = attrs.str.contains_any(keys).fill_null(False)
+        secret = pl.select(pl.when(hit).then(attrs).otherwise(None).alias("secret")).to_series()
+        rest = pl.select(pl.when(hit).then(None).otherwise(attrs).alias("attrs")).to_series()
+        return rest, secret
 
-    def users_to_key(self, frame: pl.DataFrame) -> list[str]:
-        """The users of ``frame`` whose rows carry a personal field."""
-        return frame.filter(self._personal_mask(frame))["user_id"].unique().to_list()
+    def seal(self, frame: pl.DataFrame) -> tuple[pl.DataFrame, list[VaultRow]]:
+        """``frame`` without its personal fields, and the vault rows that hold them.
 
-    def seal(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """``frame`` with its personal fields moved into ``_sealed`` (every user has a key)."""
-        idx = frame.with_row_index("_i").filter(self._personal_mask(frame))
-        if not idx.height:
-            return frame.with_columns(pl.lit(None, pl.Binary).alias(SEALED))
-        sealed: list[bytes | None] = [None] * frame.height
-        attrs: list[str | None] = frame["attrs"].to_list()
-        personal = self.personal_attrs
+        Every user of ``frame`` must have a key (:meth:`Keyring.ensure` first).
+        """
+        attrs, secret = self._split_attrs(frame)
+        entries = frame.with_columns(secret).filter(
+            pl.any_horizontal(pl.col(*PERSONAL_COLUMNS, "secret").is_not_null()))
+        if not entries.height:
+            return frame, []
+        stripped = frame.with_columns(
+            *(pl.lit(None, frame.schema[c]).alias(c) for c in PERSONAL_COLUMNS), attrs)
+        return stripped, self._pack(entries)
+
+    def _pack(self, entries: pl.DataFrame) -> list[VaultRow]:
+        """One sealed vault row per user of ``entries`` (``user_id`` + ``_ENTRY`` columns)."""
+        packed = entries.group_by("user_id").agg(
+            pl.col("ts").min().alias("min_ts"),
+            pl.struct(*_ENTRY.to_schema()).struct.json_encode().str.join(",").alias("json"),
+        )
+        rows = []
         aead_of = self.keyring.aead
-        cols = idx.select("_i", "user_id", "event_id", *PERSONAL_COLUMNS, "attrs").iter_rows()
-        for i, user, eid, text, lat, lon, attr in cols:
-            secret: dict[str, object] | None = None
-            if personal and attr is not None:
-                doc = orjson.loads(attr)
-                secret = {k: doc.pop(k) for k in personal if k in doc}
-                if secret:
-                    attrs[i] = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS).decode() \
-                        if doc else None
-                else:
-                    secret = None
-            if text is None and lat is None and lon is None and secret is None:
-                continue
+        nonces = os.urandom(NONCE * packed.height)
+        for i, (user, min_ts, text) in enumerate(packed.iter_rows()):
             aead = aead_of(user)
             if aead is None:
                 raise StoreError(f"no data key for user {user!r} (Keyring.ensure first)")
-            sealed[i] = _seal(aead, orjson.dumps([text, lat, lon, secret]), eid.encode())
-        return frame.with_columns(
-            *(pl.lit(None, frame.schema[c]).alias(c) for c in PERSONAL_COLUMNS),
-            pl.Series("attrs", attrs, pl.String),
-            pl.Series(SEALED, sealed, pl.Binary),
-        )
+            nonce = nonces[NONCE * i:NONCE * i + NONCE]
+            blob = nonce + aead.encrypt(nonce, f"[{text}]".encode(), _VAULT_AAD)
+            rows.append(VaultRow(user, min_ts, blob))
+        return rows
 
-    def open(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """Undo :meth:`seal`; fields whose key is gone (shredded) stay null. Drops ``_sealed``."""
-        if SEALED not in frame.columns:
-            return frame
-        idx = frame.select(pl.int_range(pl.len()).alias("_i"), "user_id", "event_id", SEALED,
-                           "attrs").filter(pl.col(SEALED).is_not_null())
-        if not idx.height:
-            return frame.drop(SEALED)
-        values: dict[str, list[object]] = {c: frame[c].to_list() for c in PERSONAL_COLUMNS}
-        attrs: list[str | None] = frame["attrs"].to_list()
+    def entries(self, rows: Iterable[tuple[str, bytes]]) -> pl.DataFrame:
+        """The personal fields in vault ``rows`` (user, blob) whose key is still there.
+
+        One row per event (``_ENTRY`` columns); a shredded user's rows are
+        skipped: their fields are gone for good.
+        """
+        plain: list[str] = []
         aead_of = self.keyring.aead
-        for i, user, eid, blob, attr in idx.iter_rows():
+        for user, blob in rows:
             aead = aead_of(user)
             if aead is None:
-                continue  # shredded: the fields are gone for good
-            try:
-                text, lat, lon, secret = orjson.loads(_unseal(aead, blob, eid.encode()))
-            except InvalidTag:
                 continue
-            values["text"][i], values["lat"][i], values["lon"][i] = text, lat, lon
-            if secret:
-                doc = orjson.loads(attr) if attr is not None else {}
-                doc.update(secret)
-                attrs[i] = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS).decode()
-        return frame.drop(SEALED).with_columns(
-            *(pl.Series(c, values[c], frame.schema[c]) for c in PERSONAL_COLUMNS),
-            pl.Series("attrs", attrs, pl.String),
-        )
+            with contextlib.suppress(InvalidTag):
+                plain.append(_unseal(aead, bytes(blob), _VAULT_AAD).decode())
+        if not plain:
+            return pl.DataFrame(schema=_ENTRY.to_schema())
+        return (pl.Series("e", plain).str.json_decode(pl.List(_ENTRY))
+                .explode().struct.unnest().drop_nulls("event_id"))
+
+    def reseal(self, rows: Iterable[tuple[str, bytes]], keep: pl.Expr
+               ) -> list[tuple[str, VaultRow | None]]:
+        """Vault rows re-sealed with only the entries matching ``keep`` (retention).
+
+        Returns (user, the new row or None when nothing is left) per input row
+        whose key is still there; a shredded user's row maps to None.
+        """
+        out: list[tuple[str, VaultRow | None]] = []
+        for user, blob in rows:
+            kept = self.entries([(user, blob)]).filter(keep)
+            if not kept.height:
+                out.append((user, None))
+                continue
+            out.append((user, self._pack(kept.with_columns(pl.lit(user).alias("user_id")))[0]))
+        return out
+
+    def open(self, frame: pl.DataFrame, rows: Iterable[tuple[str, bytes]]) -> pl.DataFrame:
+        """``frame`` (log rows) with the personal fields of vault ``rows`` put back."""
+        found = self.entries(rows)
+        if not found.height or not frame.height:
+            return frame
+        cols = frame.columns
+        joined = frame.join(found.drop("ts"), on="event_id", how="left",
+                            maintain_order="left", suffix="_v")
+        out = joined.with_columns(
+            pl.coalesce(f"{c}_v", c).alias(c) for c in PERSONAL_COLUMNS)
+        return out.with_columns(pl.coalesce("secret", "attrs").alias("attrs")).select(cols)
 
     def seal_text(self, user: str | None, text: str) -> str:
         """A raw record sealed under its user's key (the store's when none): ``enc:v1:...``."""
@@ -406,3 +506,4 @@ class Sealer:
             return _unseal(aead, base64.b64decode(text[len(TEXT_PREFIX):]),
                            b"dead letter").decode()
         return None
+

@@ -121,12 +121,18 @@ class Pseudonymizer:
                 self._cache[user_id] = found
         return found
 
-    def column(self, ids: pl.Series) -> pl.Series:
-        """A String column of ids, pseudonymised (each distinct id hashed once)."""
-        distinct = ids.unique().drop_nulls()
+    def column(self, ids: pl.Series, identities: dict[str, str] | None = None) -> pl.Series:
+        """A String column of ids, pseudonymised (each distinct id hashed once).
+
+        ``identities``, when given, receives pseudonym -> raw id of every id
+        seen (what an encrypted store keeps sealed, for re-keying).
+        """
+        distinct = ids.unique().drop_nulls().to_list()
         one = self.one
-        mapping = pl.DataFrame({"raw": distinct,
-                                "p": [one(u) for u in distinct.to_list()]},
+        hashed = [one(u) for u in distinct]
+        if identities is not None:
+            identities.update(zip(hashed, distinct, strict=True))
+        mapping = pl.DataFrame({"raw": distinct, "p": hashed},
                                schema={"raw": pl.String, "p": pl.String})
         joined = ids.to_frame("raw").join(mapping, on="raw", how="left", maintain_order="left")
         return joined["p"].alias(ids.name)

@@ -92,8 +92,17 @@ class _Raws(Sequence[str]):
 
     def __getitem__(self, i: int | slice) -> str | Sequence[str]:
         if isinstance(i, slice):
-            return [orjson.dumps(r).decode() for r in self._records[i]]
-        return orjson.dumps(self._records[i]).decode()
+            return [_raw(r) for r in self._records[i]]
+        return _raw(self._records[i])
+
+
+def _raw(record: object) -> str:
+    """A record as JSON text; a placeholder for one orjson cannot write (nested past 255
+    levels: it decodes up to 1,024), which is rejected, not a server error."""
+    try:
+        return orjson.dumps(record).decode()
+    except orjson.JSONEncodeError as exc:
+        return f"<a JSON {json_type(record)} that cannot be shown: {exc}>"
 
 
 def validate(records: list[object]) -> tuple[pl.DataFrame, list[DeadLetter]]:

@@ -77,10 +77,18 @@ def find_reports(root: Path | None) -> list[Report]:
     """The reports under ``root`` (itself or its sub-directories), newest first."""
     if root is None or not root.is_dir():
         return []
-    dirs = [root] if (root / "report.md").is_file() else sorted(
-        d for d in root.iterdir() if d.is_dir() and (d / "report.md").is_file())
+    base = root.resolve()  # links out of the root are not followed
+    dirs = [root] if _holds_report(root) else sorted(
+        d for d in root.iterdir() if d.is_dir() and d.resolve().parent == base
+        and _holds_report(d))
     found = [_report(d) for d in dirs]
     return sorted(found, key=lambda r: (-r.modified, r.name))
+
+
+def _holds_report(directory: Path) -> bool:
+    """``directory/report.md`` is a file of ``directory``, not a link to one elsewhere."""
+    md = directory / "report.md"
+    return md.is_file() and md.resolve().parent == directory.resolve()
 
 
 def _report(directory: Path) -> Report:

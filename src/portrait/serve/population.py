@@ -135,8 +135,10 @@ def _export(db: Any, aud: Any, fmt: str) -> dict[str, Any]:
                      "description": "the exported file"}},
 )
 def get_export(request: Request, name: str, _key: Read) -> FileResponse:
-    path = queries.export_dir(server(request).settings.db) / name
-    if not EXPORT_NAME.match(name) or not path.is_file():
+    directory = queries.export_dir(server(request).settings.db)
+    path = directory / name
+    if (not EXPORT_NAME.match(name) or not path.is_file()
+            or path.resolve().parent != directory.resolve()):  # no link out of exports/
         raise NotFoundError(f"no audience export named {name!r}")
     return FileResponse(path, media_type=MEDIA[path.suffix[1:]], filename=name)
 

@@ -55,6 +55,7 @@ from portrait.privacy.crypto import (
     MASTER_FILE_ENV,
     Keyring,
     Sealer,
+    VaultRow,
     default_master_file,
     load_master,
     master_check,
@@ -133,6 +134,13 @@ CREATE TABLE IF NOT EXISTS segment_changes (
 );
 CREATE INDEX IF NOT EXISTS segment_changes_user ON segment_changes (user_id);
 CREATE INDEX IF NOT EXISTS segment_changes_segment ON segment_changes (segment, ts);
+CREATE TABLE IF NOT EXISTS vault (
+    seq INTEGER NOT NULL,
+    user_id TEXT NOT NULL,
+    min_ts INTEGER NOT NULL,
+    blob BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS vault_user ON vault (user_id);
 CREATE TABLE IF NOT EXISTS consents (
     user_id TEXT NOT NULL,
     purpose TEXT NOT NULL,
@@ -183,6 +191,7 @@ class EmbeddedStore:
         if writer:
             self.db.execute("PRAGMA journal_mode = WAL")
             self.db.execute("PRAGMA synchronous = FULL")
+            self.db.execute("PRAGMA secure_delete = ON")  # deleted rows are zeroed on disk
             self.db.executescript(_SCHEMA_SQL)
             self._remove_orphans()
         self.pseudo: Pseudonymizer | None = None
@@ -439,7 +448,21 @@ class EmbeddedStore:
             return lf.collect()
 
         frame = self._scan_retry("log", build)
-        return frame if self.sealer is None else self.sealer.open(frame)
+        if self.sealer is None or not frame.height:
+            return frame
+        return self.sealer.open(frame, self._vault_rows(user_ids))
+
+    def _vault_rows(self, user_ids: list[str] | None) -> list[tuple[str, bytes]]:
+        """(user, blob) of the vault rows of ``user_ids`` (all when None)."""
+        if user_ids is None:
+            return self.db.execute("SELECT user_id, blob FROM vault").fetchall()
+        out: list[tuple[str, bytes]] = []
+        for i in range(0, len(user_ids), 500):
+            chunk = user_ids[i:i + 500]
+            out += self.db.execute(
+                f"SELECT user_id, blob FROM vault WHERE user_id IN ({','.join('?' * len(chunk))})",
+                chunk).fetchall()
+        return out
 
     def seen(self, event_ids: pl.Series) -> pl.Series:
         if not self.writer:  # a reader sees other processes' commits: no cache
@@ -494,34 +517,44 @@ class EmbeddedStore:
         fsync_path(tmp)
         tmp.rename(final)
 
+    def _write_files(self, seq: int, commit: Commit
+                     ) -> tuple[list[tuple[str, int, str, int]], list[VaultRow]]:
+        """Write the batch's log and state files (and seal its personal fields);
+        returns the manifest rows and the vault rows for the commit's transaction."""
+        new_files: list[tuple[str, int, str, int]] = []
+        # Polars releases the GIL while it writes: the state file is written on
+        # the pool while this thread seals and writes the log.
+        pending = []
+        if commit.states.height:
+            # States are sorted by user so a point read touches one row group.
+            name = f"state/{seq:08d}.parquet"
+            pending.append(self._pool.submit(self._write_parquet, commit.states.sort(USER),
+                                             name))
+            new_files.append(("state", seq, name, commit.states.height))
+        events = commit.events
+        vault: list[VaultRow] = []
+        try:
+            if self.sealer is not None:
+                # keys first, durably: sealed data is never written without its key
+                users = events[USER].unique().to_list() if events.height else []
+                self.sealer.keyring.ensure(users, commit.identities)
+                if events.height:
+                    events, vault = self.sealer.seal(events)
+            if events.height:
+                # The log is not sorted: sorting costs more than the scans it saves.
+                name = f"log/{seq:08d}.parquet"
+                self._write_parquet(events, name)
+                new_files.insert(0, ("log", seq, name, commit.events.height))
+        finally:
+            for job in pending:
+                job.result()
+        return new_files, vault
+
     def commit(self, commit: Commit) -> None:
         """Apply one batch atomically (see the module docstring)."""
         self._require_writer()
         seq = (self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM batches").fetchone()[0]) + 1
-        new_files: list[tuple[str, int, str, int]] = []
-        jobs: list[tuple[pl.DataFrame, str]] = []
-        events = commit.events
-        if self.sealer is not None:
-            # keys first, durably: sealed data is never written without its key
-            users = events[USER].unique().to_list() if events.height else []
-            self.sealer.keyring.ensure(users, commit.identities)
-            if events.height:
-                events = self.sealer.seal(events)
-        if events.height:
-            # The log is not sorted: sorting costs more than the scans it saves.
-            name = f"log/{seq:08d}.parquet"
-            jobs.append((events, name))
-            new_files.append(("log", seq, name, commit.events.height))
-        if commit.states.height:
-            # States are sorted by user so a point read touches one row group.
-            name = f"state/{seq:08d}.parquet"
-            jobs.append((commit.states.sort(USER), name))
-            new_files.append(("state", seq, name, commit.states.height))
-        if len(jobs) > 1:  # Polars releases the GIL: write both files at once
-            list(self._pool.map(lambda job: self._write_parquet(*job), jobs))
-        else:
-            for frame, name in jobs:
-                self._write_parquet(frame, name)
+        new_files, vault = self._write_files(seq, commit)
         for sub in ("log", "state"):
             fsync_path(self.root / sub)
         db = self.db
@@ -560,6 +593,8 @@ class EmbeddedStore:
                 ],
             )
             kept = db.total_changes - before  # re-read rejects are not new
+            db.executemany("INSERT INTO vault VALUES (?, ?, ?, ?)",
+                           [(seq, v.user_id, v.min_ts, v.blob) for v in vault])
             if commit.run is not None:
                 db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?)",
                            (commit.run[0], int(commit.run[1])))
@@ -688,7 +723,7 @@ class EmbeddedStore:
         try:
             logs.record(db)
             states.record(db)
-            for table in ("dead_letters", "memberships", "segment_changes", "consents"):
+            for table in ("dead_letters", "memberships", "segment_changes", "consents", "vault"):
                 removed[table] = db.execute(
                     f"DELETE FROM {table} WHERE user_id = ?", (user_id,)  # table: fixed names
                 ).rowcount
@@ -756,7 +791,8 @@ class EmbeddedStore:
                            "new TEXT NOT NULL)")
                 db.execute("DELETE FROM rekey")
                 db.executemany("INSERT INTO rekey VALUES (?, ?)", list(mapping.items()))
-                for table in ("memberships", "segment_changes", "consents", "dead_letters"):
+                for table in ("memberships", "segment_changes", "consents", "dead_letters",
+                              "vault"):
                     db.execute(f"UPDATE {table} SET user_id = (SELECT new FROM rekey "
                                f"WHERE old = {table}.user_id) "  # table: fixed names
                                "WHERE user_id IN (SELECT old FROM rekey)")
@@ -824,9 +860,16 @@ class EmbeddedStore:
         with self._compact_lock:
             logs = self._rewrite_without("log", pl.col("ts") < cutoff, "r")
             db = self.db
+            vault = self._resealed_vault(cutoff)
             db.execute("BEGIN IMMEDIATE")
             try:
                 logs.record(db)
+                for rowid, row in vault:
+                    if row is None:
+                        db.execute("DELETE FROM vault WHERE rowid = ?", (rowid,))
+                    else:
+                        db.execute("UPDATE vault SET min_ts = ?, blob = ? WHERE rowid = ?",
+                                   (row.min_ts, row.blob, rowid))
                 self._lower_meta(db, "accepted", logs.dropped)
                 before = self._get_meta("purged_before")
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('purged_before', ?)",
@@ -839,6 +882,16 @@ class EmbeddedStore:
             if logs.dropped:
                 self._seen = None  # rebuilt from what the log still holds
             return {"events": logs.dropped, "files_rewritten": len(logs.files)}
+
+    def _resealed_vault(self, cutoff: int) -> list[tuple[int, VaultRow | None]]:
+        """(rowid, the row re-sealed without events before ``cutoff``, or None) per vault
+        row that holds such events."""
+        if self.sealer is None:
+            return []
+        rows = self.db.execute("SELECT rowid, user_id, blob FROM vault WHERE min_ts < ?",
+                               (cutoff,)).fetchall()
+        resealed = self.sealer.reseal([(u, b) for _, u, b in rows], pl.col("ts") >= cutoff)
+        return [(rowid, new) for (rowid, _, _), (_, new) in zip(rows, resealed, strict=True)]
 
     def retention(self) -> tuple[int | None, int | None]:
         """(the configured retention in µs or None, the latest purge cutoff or None)."""
