@@ -85,3 +85,39 @@ def test_consent_only_users_have_no_profile_and_count_no_user(tmp_path: Path) ->
         eng.ingest_events(log.frame())
         assert store.meta().users == 1
         assert eng.profile("x1")["features"]["events_total"] == 1
+
+
+def test_analytics_withdrawn_means_left_out_of_population_statistics(engine: Engine) -> None:
+    from portrait.models.drift import drift_report, profiles_for_drift
+    from portrait.serve import queries
+    from portrait.serve.readers import Readers
+
+    wm = engine.store.meta().watermark
+    assert wm is not None
+    readers = Readers(engine.store.root)
+
+    def stats() -> tuple[dict[str, Any], dict[str, Any]]:
+        return readers.read(lambda e: (queries.segments(readers, e),
+                                       queries.distribution(readers, e, "events_total", 5)))
+
+    segs, dist = stats()
+    drifted = profiles_for_drift(engine, wm)
+    assert "a03" in drifted["user_id"].to_list()
+    before = engine.profile("a03")
+    log = Log()
+    consent(log, "a03", "analytics", False, wm + HOUR)
+    engine.ingest_events(log.frame())
+    assert engine.store.withdrawn("analytics") == {"a03"}
+    segs2, dist2 = stats()
+    assert segs2["population"] == segs["population"] - 1
+    members = {s["name"]: s["size"] for s in segs["segments"]}
+    for seg in segs2["segments"]:  # a03's segments count one fewer, the others the same
+        was_member = seg["name"] in before["segments"]
+        assert seg["size"] == members[seg["name"]] - int(was_member), seg["name"]
+    assert dist2["users"] == dist["users"] - 1
+    assert "a03" not in profiles_for_drift(engine, wm)["user_id"].to_list()
+    report = drift_report(engine, wm - 20 * DAY, wm, top=1000)
+    assert all(r["user_id"] != "a03" for r in report["interest_shift"] + report["bursts"])
+    after = engine.profile("a03", wm)  # their own profile is unchanged
+    assert after["features"] == before["features"]
+    assert after["segments"] == before["segments"]

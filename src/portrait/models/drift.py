@@ -66,6 +66,7 @@ import numpy as np
 import polars as pl
 
 from portrait.features.base import USER
+from portrait.privacy.consent import counted
 from portrait.timeutil import US_PER_S, format_us
 
 if TYPE_CHECKING:
@@ -322,8 +323,9 @@ def _floats(s: pl.Series) -> np.ndarray:
 
 
 def profiles_for_drift(engine: Engine, at: int) -> pl.DataFrame:
-    """Read profiles at ``at`` of users with an event by then, drift-ready columns."""
-    values = engine.read_at(at)
+    """Read profiles at ``at`` of users with an event by then (and analytics consent),
+    drift-ready columns."""
+    values = counted(engine.store, engine.read_at(at))
     wm = engine.store.meta().watermark
     if wm is not None and at < wm:
         active = engine.store.events(None, until=at).select(USER).unique()
@@ -350,7 +352,7 @@ def population_drift(
 def drift_report(engine: Engine, at_ref: int, at_cur: int, *, top: int = 10) -> dict[str, Any]:
     """What ``portrait drift --json`` prints (see the CLI for the shape)."""
     table = population_drift(engine, at_ref, at_cur)
-    events = engine.store.events(None, until=at_cur)
+    events = counted(engine.store, engine.store.events(None, until=at_cur))
     shift = interest_shift(events, at_cur).drop_nulls("interest_shift")
     shift = shift.sort(["interest_shift", USER], descending=[True, False]).head(top)
     flagged = bursts(events).filter(pl.col("burst"))

@@ -14,12 +14,20 @@ is opted out by a withdrawal):
 * ``personalisation``: recommendations are the non-personalised ones (the
   popularity a new user gets), whatever the user's history;
 * ``advertising``: the user never appears in an audience (count or export);
-* ``analytics``: recorded; not yet enforced (see SECURITY.md).
+* ``analytics``: the user is left out of population statistics: the
+  population and segment sizes (``GET /v1/segments``), feature
+  distributions (``GET /v1/features/{name}/distribution``) and the drift
+  report (its PSI, interest shifts and bursts; ``portrait drift``,
+  ``GET /v1/drift``). Their own profile, segment memberships (a segment
+  member list is operational, not a statistic) and recommendations are
+  unchanged.
 
 Events with another purpose are logged and otherwise ignored.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import polars as pl
 
@@ -45,3 +53,9 @@ def decisions(events: pl.DataFrame) -> pl.DataFrame:
 def behaviour(events: pl.DataFrame) -> pl.DataFrame:
     """The events that feed features: all but consent events."""
     return events.filter(~pl.col("type").is_in(CONSENT_TYPES))
+
+
+def counted(store: Any, frame: pl.DataFrame, purpose: str = "analytics") -> pl.DataFrame:
+    """The rows of ``frame`` whose user has not withdrawn consent to ``purpose``."""
+    out = store.withdrawn(purpose)
+    return frame if not out else frame.filter(~pl.col("user_id").is_in(sorted(out)))

@@ -13,6 +13,7 @@ from starlette.responses import FileResponse
 from portrait.audience import export as write_export
 from portrait.engine.engine import Engine
 from portrait.errors import NotFoundError, PermissionDeniedError, UsageError
+from portrait.privacy.consent import counted
 from portrait.serve import queries
 from portrait.serve.auth import Aggregate, Read
 from portrait.serve.problems import PROBLEM_RESPONSES
@@ -189,7 +190,8 @@ def get_distribution(
     def exact(engine: Engine) -> tuple[dict[str, Any], Any]:
         spec = queries.distribution_feature(engine, name)
         pop = readers.population(engine)
-        return queries.bounded_distribution(spec, pop.values[name], bins, bounds,
+        values = counted(engine.store, pop.values)[name]  # analytics consent
+        return queries.bounded_distribution(spec, values, bins, bounds,
                                             pop.version[0]), readers.version(engine)
 
     out, version = readers.read(exact)

@@ -8,12 +8,13 @@ events can).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from portrait.engine.engine import Engine
+from portrait.errors import PermissionDeniedError
 from portrait.serve import queries
 from portrait.serve.auth import Read
 from portrait.serve.problems import PROBLEM_RESPONSES
@@ -38,8 +39,17 @@ def get_history(
     """Values at ``points`` times from the user's first event to now (exact time travel)."""
     st = server(request)
     readers = st.readers
+    hidden = st.masked_features(key)
+    if hidden & set(feature or ()):
+        raise PermissionDeniedError(
+            f"{', '.join(sorted(hidden & set(feature or ())))}: personal features "
+            "(the spec's privacy.personal_features) are shown to admin keys only")
     out = readers.read(lambda e: queries.history(readers, e, user_id, feature or [], points))
     st.record(key, "history.read", user_id)
+    if hidden:
+        out = {**out, "features": [f for f in out["features"] if f not in hidden],
+               "points": [{**p, "values": {k: v for k, v in p["values"].items()
+                                           if k not in hidden}} for p in out["points"]]}
     return JSON(out)
 
 
@@ -92,11 +102,15 @@ async def get_profile(
     st = server(request)
     readers = st.readers
     at_us = queries.time_arg(at)
+    hidden = st.masked_features(key)
+    if explain is not None and hidden and explain.split("[", 1)[0] in hidden:
+        raise PermissionDeniedError(f"{explain}: the events behind a personal feature are "
+                                    "shown to admin keys only")
     if explain is None and not readers.has_models():
         out = st.live.profile(user_id, at_us)
         if out is not None:
             st.record(key, "profile.read", user_id)
-            return JSON(out)
+            return JSON(_hide(out, hidden))
 
     def read(engine: Engine) -> dict[str, object]:
         out = queries.profile(readers, engine, user_id, at_us)
@@ -106,7 +120,17 @@ async def get_profile(
 
     answer = await run_in_threadpool(readers.read, read)
     st.record(key, "profile.read", user_id)
-    return JSON(answer)
+    return JSON(_hide(answer, hidden))
+
+
+def _hide(profile: dict[str, Any], hidden: frozenset[str]) -> dict[str, Any]:
+    """The profile without the features in ``hidden``, which ``masked`` names."""
+    if not hidden:
+        return profile
+    feats = profile["features"]
+    gone = [f for f in feats if f in hidden]
+    return {**profile, "features": {k: v for k, v in feats.items() if k not in hidden},
+            "masked": gone}
 
 
 @router.get("/v1/recommendations/{user_id:path}", response_model=Recommendations,

@@ -20,6 +20,7 @@ from portrait.engine.engine import Engine
 from portrait.engine.output import feature_value
 from portrait.errors import UnknownFeatureError, UnknownUserError, UsageError
 from portrait.events.schema import EVENT_COLUMNS
+from portrait.privacy.consent import counted
 from portrait.serve.dashboard import json_type
 from portrait.serve.readers import Readers
 from portrait.spec.model import FeatureSpec
@@ -173,12 +174,14 @@ def recommendations(readers: Readers, engine: Engine, user_id: str, k: int,
 
 
 def segments(readers: Readers, engine: Engine) -> dict[str, Any]:
+    """Rules and sizes; users who withdrew analytics consent are not counted."""
     pop = readers.population(engine)
-    sizes = {name: int(pop.flags[name].sum()) for name in engine.spec.segments}
+    flags = counted(engine.store, pop.flags)
+    sizes = {name: int(flags[name].sum()) for name in engine.spec.segments}
     wm = pop.version[0]
     return {
         "as_of": None if wm is None else format_us(wm),
-        "population": pop.values.height,
+        "population": flags.height,
         "segments": [
             {"name": name, "rule": seg.text, "features": sorted(referenced_features(seg.rule)),
              "size": sizes[name]}
@@ -226,8 +229,8 @@ def distribution(readers: Readers, engine: Engine, name: str, bins: int) -> dict
     spec = distribution_feature(engine, name)
     pop = readers.population(engine)
     key = ("distribution", name, bins, pop.version)
-    return readers.cached(
-        key, lambda: population_distribution(spec, pop.values[name], bins, pop.version[0]))
+    return readers.cached(key, lambda: population_distribution(
+        spec, counted(engine.store, pop.values)[name], bins, pop.version[0]))
 
 
 def population_distribution(spec: FeatureSpec, values: pl.Series, bins: int,

@@ -67,6 +67,9 @@ class Profile(BaseModel):
     segments: list[str]
     models: dict[str, Any] | None = None
     explanation: dict[str, Any] | None = None
+    masked: list[str] | None = Field(
+        None, description="personal features (the spec's privacy.personal_features) left "
+                          "out for keys without the admin scope")
 
 
 class HistoryPoint(BaseModel):

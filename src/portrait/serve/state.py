@@ -85,6 +85,12 @@ class ServerState:
             stored = self.batcher.engine.store.resolve(user_id)  # pure: no database access
         self.audit.record(key.key_id, action, stored, detail)
 
+    def masked_features(self, key: ApiKey) -> frozenset[str]:
+        """The spec's ``privacy.personal_features`` that ``key`` may not see (all but admin)."""
+        if "admin" in key.scopes or self.batcher is None:
+            return frozenset()
+        return frozenset(self.batcher.engine.spec.personal_features)
+
     def writer(self) -> MicroBatcher:
         if self.batcher is None:
             raise StoreError("the server has not started its writer")
