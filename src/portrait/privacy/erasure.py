@@ -19,10 +19,12 @@ profiles of a store that never saw the user (tests/test_erasure.py checks
 both, and scans every byte of every file of the store for the raw id and the
 user's own text).
 
-Not covered yet (see SECURITY notes in issue #6): copies made outside the
-store (exports, backups, the OS's free disk blocks; per-user encryption keys
-will make those unreadable), and item factors, which still reflect the
-user's past interactions blended with everyone's until the next training.
+In an encrypted database the user's data key is destroyed first
+(crypto-shredding, privacy/crypto.py): their personal fields in copies made
+outside the store (backups of the data, the OS's free disk blocks) can no
+longer be read. Not covered (SECURITY.md): audience exports already written,
+a keyring backed up before the erasure, and item factors, which still reflect
+the user's past interactions blended with everyone's until the next training.
 Forgetting a user the store never saw is not an error: the receipt says
 nothing was found.
 """

@@ -23,8 +23,9 @@ is never logged or printed.
 What it protects: someone with the database files but not the key cannot
 tell which raw id a profile belongs to, nor link it to other data keyed by
 the raw id. What it does not: with the key, ids can be confirmed by guessing
-(HMAC is not encryption); event ids, item ids and free text the client sent
-are stored as sent (encryption of personal fields is a separate step).
+(HMAC is not encryption); event ids and item ids are stored as sent. Free
+text, coordinates and personal attrs are encrypted when the database is
+(privacy/crypto.py).
 
 Rotation: ``portrait keys rekey`` moves an *encrypted* database to a new key
 (the raw ids it needs are kept sealed in the keyring, privacy/crypto.py):
