@@ -92,9 +92,9 @@ def hash_events(events: pl.DataFrame) -> pl.Series:
     md5 by hashlib for a small batch (an API post), by DuckDB for a large one."""
     if events.height <= SMALL:
         md5 = hashlib.md5
-        ids = [PREFIX + md5(k.encode(), usedforsecurity=False).hexdigest()
-               for k in event_keys(events).to_list()]
-        return pl.Series("event_id", ids, pl.String)
+        small = [PREFIX + md5(k.encode(), usedforsecurity=False).hexdigest()
+                 for k in event_keys(events).to_list()]
+        return pl.Series("event_id", small, pl.String)
     keys = pl.DataFrame([event_keys(events).alias("k")]).to_arrow()
     with duckdb.connect() as con:
         con.register("event_keys", keys)

@@ -58,15 +58,33 @@ class _FrameStager:
 
     def supported(self, name: str) -> bool:
         dtype = self.frame.schema[name]
-        if dtype.is_nested() or dtype == pl.Object:
+        # Duration: no cast to text (Polars raises on the first value, even non-strict)
+        if dtype.is_nested() or dtype == pl.Object or isinstance(dtype, pl.Duration):
             self.fail_unless(
                 name, pl.col(name).is_not_null(), pl.lit(f"{name}: unsupported column type {dtype}")
             )
             return False
         if dtype == pl.Binary:
-            bad = pl.col(name).is_not_null() & pl.col(name).cast(pl.String, strict=False).is_null()
-            self.fail_unless(name, bad, pl.lit(f"{name}: invalid UTF-8"))
+            self._decode(name)
         return True
+
+    def _decode(self, name: str) -> None:
+        """A Binary column as text: a value that is not UTF-8 is null, and a problem of its
+        row (a non-strict cast raises on it in Polars, failing the whole file)."""
+        texts: list[str | None] = []
+        whys: list[str | None] = []
+        for raw in self.frame[name].to_list():
+            text = why = None
+            if isinstance(raw, bytes):
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    why = f"{name}: invalid UTF-8 at byte {exc.start}"
+            texts.append(text)
+            whys.append(why)
+        self.frame = self.frame.with_columns(pl.Series(name, texts, dtype=pl.String))
+        if any(why is not None for why in whys):
+            self.errors[name] = pl.Series(whys, dtype=pl.String)
 
     def string_field(self, name: str) -> None:
         if self.supported(name):
@@ -159,7 +177,7 @@ def stage_frame(
             st.ts_field()
         elif name == "attrs":
             st.attrs_field()
-    staged = frame.select(st.exprs) if st.exprs else pl.DataFrame(height=frame.height)
+    staged = st.frame.select(st.exprs) if st.exprs else pl.DataFrame(height=frame.height)
     extra = [s.alias(name) for name, s in st.columns.items()]
     extra += [s.alias(err_col(f)) for f, s in st.errors.items()]
     problems = [*record_errors, *unknown]

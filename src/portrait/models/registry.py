@@ -42,8 +42,8 @@ from portrait.models.base import Model
 
 CURRENT = "CURRENT"
 INFO = "registry.json"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-_VERSION = re.compile(r"^v(\d{6})$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")
+_VERSION = re.compile(r"v(\d{6})\Z")
 _RENAME_TRIES = 100
 M = TypeVar("M")  # anything a handle holds
 L = TypeVar("L", bound=Model)  # a loadable model class
