@@ -90,6 +90,36 @@ def with_personal_fields(events: Any, share: float, seed: int) -> Any:
     )
 
 
+def workload(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path, Any]:
+    """(events file, spec file, the events) of the run: synthetic, or ``--dataset``'s."""
+    import polars as pl
+
+    import portrait
+    import synth
+
+    spec = tmp / "spec.yaml"
+    data = Path(portrait.__file__).resolve().parent / "data"
+    if args.dataset is None:
+        spec.write_text((data / "spec.yaml").read_text()
+                        + "\nprivacy:\n  personal_attrs: [email]\n")
+        ds = synth.generate(args.events, args.users, args.seed)
+        history = with_personal_fields(ds.history, args.personal_share, args.seed)
+        path = tmp / "events.parquet"
+        synth.write_parquet(history, path)
+        return path, spec, history
+    from portrait.datasets.fetch import fetch
+
+    path = fetch(args.dataset).files["events"]
+    history = pl.read_parquet(path)
+    name = "movielens.yaml" if args.dataset.startswith("movielens") else "spec.yaml"
+    spec.write_text((data / name).read_text())
+    args.users = history["user_id"].n_unique()
+    personal = [c for c in ("text", "lat", "lon") if c in history.columns]
+    args.personal_share = round(float(history.select(pl.any_horizontal(
+        pl.col(c).is_not_null() for c in personal).mean()).item() or 0.0), 3)
+    return path, spec, history
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--events", type=int, default=1_000_000)
@@ -97,26 +127,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--personal-share", type=float, default=0.3)
+    p.add_argument("--dataset", default=None,
+                   help="ingest a real event dataset instead: movielens-1m (the demo's)")
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args(argv)
     os.environ.setdefault("PORTRAIT_PSEUDONYM_KEY", "bench-key-" + "0" * 32)
     os.environ.setdefault("PORTRAIT_MASTER_KEY", "b3" * 32)
 
-    import portrait
-    import synth
     from portrait.engine import Engine
     from portrait.store import open_store
 
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="portrait-bench-privacy-") as tmpdir:
         tmp = Path(tmpdir)
-        spec = tmp / "spec.yaml"
-        spec.write_text((Path(portrait.__file__).resolve().parent / "data" / "spec.yaml")
-                        .read_text() + "\nprivacy:\n  personal_attrs: [email]\n")
-        ds = synth.generate(args.events, args.users, args.seed)
-        history = with_personal_fields(ds.history, args.personal_share, args.seed)
-        path = tmp / "events.parquet"
-        synth.write_parquet(history, path)
+        path, spec, history = workload(args, tmp)
         n = history.height
         times: dict[bool, list[float]] = {False: [], True: []}
         for r in range(args.rounds):
@@ -125,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 times[private].append(ingest(db, path, spec, private=private))
                 log(f"  round {r} privacy {'on ' if private else 'off'}: "
                     f"{n / times[private][-1]:,.0f} events/s")
-        users = random.Random(7).sample(sorted(set(ds.history["user_id"].to_list())), 200)
+        users = random.Random(7).sample(sorted(set(history["user_id"].to_list())), 200)
         with open_store(tmp / "db-0-0") as a, open_store(tmp / "db-1-0") as b:
             ea, eb = Engine(None, a), Engine(None, b)
             for u in users:
@@ -142,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench": "privacy", "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
         "commit": _rev(), "events": n, "users": args.users, "rounds": args.rounds,
         "personal_share": args.personal_share, "encrypted": True,
+        "dataset": args.dataset or "synthetic",
         "privacy_off_events_per_s": round(off), "privacy_on_events_per_s": round(on),
         "ratio": round(on / off, 3), "goal_ratio": GOAL_RATIO,
         "goal_met": on / off >= GOAL_RATIO, "profiles_checked": len(users),
@@ -169,8 +194,9 @@ def _record(r: dict[str, object]) -> None:
     m = r["machine"]
     assert isinstance(m, dict)
     row = (f"| {r['date']} | {r['commit']} | {m['cores']} cores, load "
-           f"{m['load_avg_at_start'][0]} → {m['load_avg_at_end'][0]} | {r['events']:,} / "
-           f"{r['users']:,} | {r['privacy_off_events_per_s']:,} | "
+           f"{m['load_avg_at_start'][0]} → {m['load_avg_at_end'][0]} | {r['dataset']}, "
+           f"{r['events']:,} / {r['users']:,}, personal {r['personal_share']:.0%} | "
+           f"{r['privacy_off_events_per_s']:,} | "
            f"{r['privacy_on_events_per_s']:,} | {r['ratio']} | "
            f"{'met' if r['goal_met'] else 'missed'} |\n")
     header = (f"{SECTION}\n\nIngest from one Parquet file, durable commits, fresh databases, "
