@@ -629,6 +629,21 @@ def keys_revoke(
         raise typer.Exit(1)
 
 
+def _rotate(db: Path, what: str, new_key_file: Path | None) -> None:
+    """``keys rotate-master`` / ``keys rekey``: the receipt, audited."""
+    from portrait.privacy.rekey import rekey_pseudonyms, rotate_master
+    from portrait.store import open_store
+
+    run = rotate_master if what == "rotate_master" else rekey_pseudonyms
+    try:
+        with open_store(db, writer=True) as store:
+            receipt = run(store, new_key_file)
+    except PortraitError as exc:
+        _fail(exc)
+    _audit(db, what, None)
+    _emit(receipt)
+
+
 @keys_app.command("rotate-master")
 def keys_rotate_master(
     db: Annotated[Path, typer.Option(help=DB_HELP)] = DEFAULT_DB,
@@ -636,16 +651,7 @@ def keys_rotate_master(
         help="write the new master key here (default: replace the key file in use)")] = None,
 ) -> None:
     """Re-wrap every per-user data key under a new master key (data files untouched)."""
-    from portrait.privacy.rekey import rotate_master
-    from portrait.store import open_store
-
-    try:
-        with open_store(db, writer=True) as store:
-            receipt = rotate_master(store, new_key_file)
-    except PortraitError as exc:
-        _fail(exc)
-    _audit(db, "rotate_master", None)
-    _emit(receipt)
+    _rotate(db, "rotate_master", new_key_file)
 
 
 @keys_app.command("rekey")
@@ -655,16 +661,7 @@ def keys_rekey(
         help="write the new pseudonym key here (default: replace the key file in use)")] = None,
 ) -> None:
     """Move every user to a pseudonym under a new key (an encrypted database only)."""
-    from portrait.privacy.rekey import rekey_pseudonyms
-    from portrait.store import open_store
-
-    try:
-        with open_store(db, writer=True) as store:
-            receipt = rekey_pseudonyms(store, new_key_file)
-    except PortraitError as exc:
-        _fail(exc)
-    _audit(db, "rekey_pseudonyms", None)
-    _emit(receipt)
+    _rotate(db, "rekey_pseudonyms", new_key_file)
 
 
 app.add_typer(keys_app, name="keys")

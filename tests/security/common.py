@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import uvicorn
 from hypothesis import HealthCheck, Phase, settings
-from tests.serve.harness import SPEC, free_port
+from tests.serve.harness import SPEC, free_port, start_in_thread
 
-from portrait.serve import ServeSettings, create_app
+from portrait.serve import ServeSettings
 from portrait.serve.keys import KeyStore
 
 T = TypeVar("T")
@@ -71,16 +69,7 @@ def live_server(db: Path, **options: Any) -> Iterator[Live]:
     read, _ = keys.create(("read",))
     ingest, _ = keys.create(("ingest",))
     port = free_port()
-    config = ServeSettings(db=db, spec=SPEC, port=port, **options)
-    server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=port,
-                                           log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive(), "server thread ended"
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
+    server, thread = start_in_thread(ServeSettings(db=db, spec=SPEC, port=port, **options))
     try:
         yield Live(f"http://127.0.0.1:{port}", db, admin, read, ingest)
     finally:

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
 
 import portrait
 from portrait.engine import Engine
 from portrait.models import service
+from portrait.serve import ServeSettings, create_app
 from portrait.serve.keys import KeyStore
 from portrait.spec.loader import load_spec
 from portrait.store import open_store
@@ -102,3 +105,19 @@ def serving(template: Path, root: Path) -> Iterator[Served]:
 
 def event(user: str, ts: str, type_: str = "view", **fields: Any) -> dict[str, Any]:
     return {"user_id": user, "ts": ts, "type": type_, **fields}
+
+
+def start_in_thread(settings: ServeSettings) -> tuple[uvicorn.Server, threading.Thread]:
+    """The app of ``settings`` served by uvicorn on a daemon thread, once it has started
+    (stop it with ``server.should_exit = True`` and join the thread)."""
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
+                            log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive(), "server thread ended"
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    return server, thread

@@ -8,7 +8,6 @@ and a shutdown that commits the events still queued.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from tests.serve.harness import SPEC, event, free_port
+from tests.serve.harness import SPEC, event, free_port, start_in_thread
 
 from portrait.client import Client
 from portrait.engine import Engine
@@ -27,7 +26,7 @@ from portrait.errors import (
     UnknownUserError,
     UsageError,
 )
-from portrait.serve import ServeSettings, create_app
+from portrait.serve import ServeSettings
 from portrait.serve.keys import KeyStore
 from portrait.store import open_store
 
@@ -45,16 +44,7 @@ def _start(db: Path, **limits: int | float) -> Small:
     key, _ = KeyStore(db).create(("admin",))
     port = free_port()
     settings = ServeSettings(db=db, spec=SPEC, port=port, **limits)  # type: ignore[arg-type]
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                            log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive(), "server thread ended"
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
+    server, thread = start_in_thread(settings)
     return Small(f"http://127.0.0.1:{port}", key, db, server, thread)
 
 

@@ -395,11 +395,7 @@ class ALSModel:
             return False
         arrays["user_ids"] = arrays["user_ids"][keep]
         arrays["user_factors"] = arrays["user_factors"][keep]
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, **arrays)
-        fsync_path(tmp)
-        os.replace(tmp, path)
-        fsync_path(path.parent)
+        _replace_npz(path, arrays)
         return True
 
     @staticmethod
@@ -413,11 +409,7 @@ class ALSModel:
         if bool((new == old).all()):
             return False
         arrays["user_ids"] = new
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, **arrays)
-        fsync_path(tmp)
-        os.replace(tmp, path)
-        fsync_path(path.parent)
+        _replace_npz(path, arrays)
         return True
 
     @classmethod
@@ -478,3 +470,12 @@ def _train(cui: Any, params: ALSParams) -> tuple[np.ndarray, np.ndarray]:
         )
         als.fit(cui, show_progress=False)
     return np.asarray(als.user_factors, np.float32), np.asarray(als.item_factors, np.float32)
+
+
+def _replace_npz(path: Path, arrays: dict[str, Any]) -> None:
+    """Rewrite a saved model's arrays atomically (temporary file, fsync, rename)."""
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    fsync_path(tmp)
+    os.replace(tmp, path)
+    fsync_path(path.parent)
