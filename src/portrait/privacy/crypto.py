@@ -60,6 +60,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from portrait.errors import StoreError
+from portrait.fsutil import fsync_path
 
 MASTER_ENV = "PORTRAIT_MASTER_KEY"
 MASTER_FILE_ENV = "PORTRAIT_MASTER_KEY_FILE"
@@ -108,15 +109,19 @@ def load_master(*, create: bool = False) -> bytes | None:
 
 
 def write_master(path: Path, key: bytes) -> bytes:
-    """Write ``key`` to a new file readable by its owner only."""
+    """Write ``key`` durably (fsynced, with its directory) to a new file readable by its
+    owner only: a rotation must not wrap the keys under a key that a crash can lose."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as f:
         f.write(key.hex() + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_path(path.parent)
     return key
 
 
-def _pending_file() -> Path:
+def pending_master_file() -> Path:
     """Where a master-key rotation writes the new key before it takes over."""
     path = Path(os.environ.get(MASTER_FILE_ENV) or default_master_file())
     return path.with_name(path.name + ".new")
@@ -170,7 +175,7 @@ class Keyring:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'master_check'").fetchone()
         if row is None or row[0] != master_check(master):
             self.db.close()
-            pending = _pending_file()
+            pending = pending_master_file()
             hint = f" (an interrupted rotation left the new key in {pending})" \
                 if pending.exists() else ""
             raise StoreError(f"{str(path.parent)!r}: the master key given is not the one "

@@ -47,6 +47,7 @@ from pathlib import Path
 import polars as pl
 
 from portrait.errors import StoreError
+from portrait.fsutil import fsync_path
 
 PREFIX = "p_"
 KEY_ENV = "PORTRAIT_PSEUDONYM_KEY"
@@ -93,6 +94,9 @@ def write_key(path: Path, key: bytes) -> bytes:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(key + b"\n")
+        f.flush()
+        os.fsync(f.fileno())  # a re-key must not move ids to a key a crash can lose
+    fsync_path(path.parent)
     return key
 
 

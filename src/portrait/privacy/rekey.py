@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from portrait.errors import UsageError
+from portrait.fsutil import fsync_path
 from portrait.privacy import crypto, pseudonym
 from portrait.privacy.crypto import STORE_KEY_ID
 from portrait.privacy.pseudonym import Pseudonymizer
@@ -57,11 +58,12 @@ def rotate_master(store: EmbeddedStore, new_key_file: Path | None = None) -> dic
     if store.sealer is None:
         raise UsageError("this database is not encrypted: there is no master key to rotate")
     path, replaces = _target(new_key_file, env=crypto.MASTER_ENV,
-                             pending=crypto._pending_file())
+                             pending=crypto.pending_master_file())
     new = crypto.write_master(path, secrets.token_bytes(32))
     n = store.sealer.keyring.rewrap(new)
     if replaces is not None:
         os.replace(path, replaces)
+        fsync_path(replaces.parent)
         path = replaces
     return {"rotated": "master", "data_keys_rewrapped": n, "key_file": str(path)}
 
@@ -91,6 +93,7 @@ def rekey_pseudonyms(store: EmbeddedStore, new_key_file: Path | None = None) -> 
     keyring.drop(mapping)
     if replaces is not None:
         os.replace(path, replaces)
+        fsync_path(replaces.parent)
         path = replaces
     return {"rotated": "pseudonyms", "users": len(mapping), **done,
             "model_versions": models, "key_file": str(path)}
