@@ -8,6 +8,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
 from tests.serve.harness import PORTRAIT
 
 from portrait.serve.keys import KeyStore
@@ -104,3 +105,53 @@ def test_demo_ends_serving_the_dashboard_with_a_working_key(seeded: Path, tmp_pa
         finally:
             proc.terminate()
             proc.wait(60)
+
+
+def test_serve_pseudonymise_encrypt_makes_a_private_new_database(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``portrait serve --pseudonymise --encrypt`` on a new database: keys made outside it,
+    posted personal fields stored sealed and read back, ids stored as pseudonyms."""
+    import httpx
+    from tests.serve.harness import KEY_LINE, SPEC, free_port, wait_healthy
+
+    from portrait.store import open_store
+
+    env = {**os.environ, "PORTRAIT_PSEUDONYM_KEY_FILE": str(tmp_path / "keys" / "p.key"),
+           "PORTRAIT_MASTER_KEY_FILE": str(tmp_path / "keys" / "m.key")}
+    env.pop("PORTRAIT_PSEUDONYM_KEY", None)
+    env.pop("PORTRAIT_MASTER_KEY", None)
+    db, port = tmp_path / "db", free_port()
+    out, log = tmp_path / "out.txt", tmp_path / "err.txt"
+    with out.open("wb") as so, log.open("wb") as se:
+        proc = subprocess.Popen(
+            [PORTRAIT, "serve", "--db", str(db), "--spec", str(SPEC), "--port", str(port),
+             "--pseudonymise", "--encrypt"], stdout=so, stderr=se, env=env)
+    url = f"http://127.0.0.1:{port}"
+    secret = "zqxjvkwpfhgt mbrdlnsc"
+    try:
+        wait_healthy(url, proc, log)
+        found = KEY_LINE.search(out.read_text())
+        assert found, out.read_text()
+        headers = {"X-API-Key": found[1]}
+        posted = httpx.post(f"{url}/v1/events", headers=headers, json={
+            "user_id": "serve-private-1", "ts": "2024-05-01T10:00:00Z", "type": "search",
+            "text": secret, "lat": 51.5, "lon": -0.12}, timeout=30)
+        assert posted.status_code == 200, posted.text
+        seen = httpx.get(f"{url}/v1/profiles/serve-private-1/events", headers=headers,
+                         timeout=30).json()["events"][0]
+        assert seen["text"] == secret
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert (tmp_path / "keys" / "m.key").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "keys" / "p.key").stat().st_mode & 0o777 == 0o600
+    for path in (p for p in db.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        assert secret.encode() not in data, path
+        assert b"serve-private-1" not in data, path
+    for k in ("PORTRAIT_PSEUDONYM_KEY_FILE", "PORTRAIT_MASTER_KEY_FILE"):
+        monkeypatch.setenv(k, env[k])
+    with open_store(db) as store:
+        assert store.pseudo is not None
+        assert store.sealer is not None
+        assert store.events(["serve-private-1"])["text"].to_list() == [secret]
