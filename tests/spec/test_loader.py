@@ -471,3 +471,29 @@ def test_interactions_must_be_numbers() -> None:
     with pytest.raises(SpecError, match=r"interactions\.click: expected a number") as err:
         parse_spec("version: 1\nfeatures:\n  n: {kind: count}\ninteractions: {click: lots}\n")
     assert err.value.line == 4
+
+
+# --- privacy ------------------------------------------------------------------
+
+
+def test_privacy_section_names_personal_attrs_and_features() -> None:
+    spec = parse_spec("version: 1\nfeatures:\n  n: {kind: count}\n  q: {kind: last, field: text}\n"
+                      "privacy:\n  personal_attrs: [email, phone, email]\n"
+                      "  personal_features: [q]\n")
+    assert spec.personal_attrs == ("email", "phone")
+    assert spec.personal_features == ("q",)
+    assert parse_spec("version: 1\nfeatures:\n  n: {kind: count}\n").personal_attrs == ()
+
+
+@pytest.mark.parametrize(("privacy", "line", "message"), [
+    ("privacy:\n  secret: [x]\n", 5, "privacy.secret: unknown option"),
+    ("privacy:\n  personal_attrs: email\n", 5, "privacy.personal_attrs: expected a list"),
+    ("privacy:\n  personal_features: [n, nope]\n", 5, "'nope' is not a feature"),
+    ("privacy:\n  personal_attrs: ['']\n", 5, "names are 1 to 256 characters"),
+    ("privacy:\n  personal_attrs: [[a]]\n", 5, "expected a single value"),
+])
+def test_privacy_section_errors_name_the_option_and_line(privacy: str, line: int,
+                                                         message: str) -> None:
+    err = error_of("version: 1\nfeatures:\n  n: {kind: count}\n" + privacy)
+    assert message in str(err)
+    assert err.line == line
