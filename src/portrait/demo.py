@@ -199,7 +199,7 @@ def _show_feedback(db: Path, out: Console) -> None:
         ignored = first[0].item_id
         seen = store.events([LIGHT_USER]).select("item_id").unique()
         liked = (
-            store.events().filter(pl.col("category") == "Horror")
+            store.events(personal=False).filter(pl.col("category") == "Horror")
             .join(seen, on="item_id", how="anti")
             .group_by("item_id").len().sort(["len", "item_id"], descending=[True, False])
             .head(2)["item_id"].to_list()

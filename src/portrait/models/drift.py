@@ -328,7 +328,7 @@ def profiles_for_drift(engine: Engine, at: int) -> pl.DataFrame:
     values = counted(engine.store, engine.read_at(at))
     wm = engine.store.meta().watermark
     if wm is not None and at < wm:
-        active = engine.store.events(None, until=at).select(USER).unique()
+        active = engine.store.events(None, until=at, personal=False).select(USER).unique()
         values = values.join(active, on=USER, how="semi")
     cols: list[pl.Expr] = []
     for name, spec in engine.spec.features.items():
@@ -352,7 +352,7 @@ def population_drift(
 def drift_report(engine: Engine, at_ref: int, at_cur: int, *, top: int = 10) -> dict[str, Any]:
     """What ``portrait drift --json`` prints (see the CLI for the shape)."""
     table = population_drift(engine, at_ref, at_cur)
-    events = counted(engine.store, engine.store.events(None, until=at_cur))
+    events = counted(engine.store, engine.store.events(None, until=at_cur, personal=False))
     shift = interest_shift(events, at_cur).drop_nulls("interest_shift")
     shift = shift.sort(["interest_shift", USER], descending=[True, False]).head(top)
     flagged = bursts(events).filter(pl.col("burst"))

@@ -117,7 +117,7 @@ def train(engine: Engine, *, horizon: str = "30d", seed: int = 0,
     if wm is None:
         raise UsageError("the database is empty: ingest events before training models")
     reg = registry(engine)
-    events = engine.store.events()
+    events = engine.store.events(personal=False)
     out: dict[str, Any] = {"as_of": format_us(wm), "events": events.height}
     started = time.perf_counter()
     inter = interactions(events, interaction_weights(engine))
@@ -219,7 +219,7 @@ def recommender(engine: Engine) -> Recommender:
         raise UsageError("no recommendation model yet: run `portrait models train` first")
     model = reg.load(ALS, ALSModel)
     wm = engine.store.meta().watermark or 0
-    catalog = Catalog.from_events(engine.store.events(), wm,
+    catalog = Catalog.from_events(engine.store.events(personal=False), wm,
                                   weights=interaction_weights(engine))
     last = last_training(engine) or {}
     tuned = (last.get("recommender") or {}).get("weights")
@@ -257,10 +257,10 @@ def recommend(engine: Engine, user_id: str, k: int = 20, *, diversity: float = 0
     rec = rec or recommender(engine)
     if not engine.store.consents(user_id).get("personalisation", True):
         # no personalisation consent: what a user without history gets (privacy/consent.py)
-        empty = engine.store.events([user_id]).clear()
+        empty = engine.store.events([user_id], personal=False).clear()
         return rec.recommend(UserContext.from_events(empty, interaction_weights(engine), {}),
                              k, diversity=diversity)
-    events = engine.store.events([user_id])
+    events = engine.store.events([user_id], personal=False)
     if events.height == 0 and not engine.store.has_user(user_id):
         events = events.clear()  # an unknown user is a cold start, not an error
     ctx = UserContext.from_events(events, interaction_weights(engine),
@@ -301,7 +301,7 @@ def model_outputs(engine: Engine, values: pl.DataFrame, at: int | None = None) -
         out = out.join(rfm, on=USER, how="left")
     if when is not None and values.height:
         users = values[USER].to_list() if values.height <= 1000 else None
-        signals = user_signals(engine.store.events(users, until=when), when)
+        signals = user_signals(engine.store.events(users, until=when, personal=False), when)
         out = out.join(signals, on=USER, how="left")
     return out
 

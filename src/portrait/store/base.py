@@ -99,8 +99,10 @@ class Store(Protocol):
 
     def has_user(self, user_id: str) -> bool: ...
 
-    def events(self, user_ids: list[str] | None = None, until: int | None = None) -> pl.DataFrame:
-        """Logged events (of ``user_ids``; with ``ts <= until``)."""
+    def events(self, user_ids: list[str] | None = None, until: int | None = None, *,
+               personal: bool = True) -> pl.DataFrame:
+        """Logged events (of ``user_ids``; with ``ts <= until``); ``personal=False`` when
+        the caller reads no personal field (an encrypted store may leave them null)."""
         ...
 
     def seen(self, event_ids: pl.Series) -> pl.Series:

@@ -434,7 +434,14 @@ class EmbeddedStore:
     def has_user(self, user_id: str) -> bool:
         return self.states([user_id]).height > 0
 
-    def events(self, user_ids: list[str] | None = None, until: int | None = None) -> pl.DataFrame:
+    def events(self, user_ids: list[str] | None = None, until: int | None = None, *,
+               personal: bool = True) -> pl.DataFrame:
+        """Logged events (of ``user_ids``; with ``ts <= until``).
+
+        ``personal=False``: the caller reads no personal field (``text``,
+        ``lat``, ``lon``, ``attrs``), so an encrypted store skips opening its
+        vault and leaves them as stored (null; ~16x faster on a full scan).
+        """
         user_ids = self._resolve_all(user_ids)
 
         def build(files: list[tuple[int, str]]) -> pl.DataFrame:
@@ -448,7 +455,7 @@ class EmbeddedStore:
             return lf.collect()
 
         frame = self._scan_retry("log", build)
-        if self.sealer is None or not frame.height:
+        if self.sealer is None or not frame.height or not personal:
             return frame
         return self.sealer.open(frame, self._vault_rows(user_ids))
 
