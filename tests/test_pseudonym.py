@@ -114,3 +114,22 @@ def test_pseudonyms_are_keyed_and_stable() -> None:
     assert a.one(a.one("alice")) == a.one("alice")  # a pseudonym is its own
     assert len(a.one("alice")) == 18
     assert "k" * 32 not in repr(a)
+
+
+def test_a_where_on_user_id_names_raw_ids_and_still_matches(tmp_path: Path, keyed: None
+                                                            ) -> None:
+    """Regression (found by the private-store property test): a spec filter on user_id
+    is written with raw ids; the engine applies it to pseudonymised events."""
+    from portrait.spec.loader import parse_spec
+
+    spec = parse_spec("version: 1\nfeatures:\n  n: {kind: count}\n"
+                      "  vip: {kind: count, where: {user_id: [u001, u002]}}\n")
+    with open_store(tmp_path / "db", writer=True) as store:
+        store.enable_pseudonyms(Pseudonymizer(KEY.encode()))
+        engine = Engine(spec, store)
+        engine.ingest([DATA / "sample_history.jsonl"])
+        mine = engine.profile("u001")["features"]
+        other = engine.profile("u003")["features"]
+    assert mine["vip"] == mine["n"] > 0
+    assert other["vip"] == 0
+    assert other["n"] > 0

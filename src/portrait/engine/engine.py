@@ -92,6 +92,9 @@ class Engine:
                     "this database was built with a different spec; ingest into a new --db "
                     "(or omit --spec to use the stored one)"
                 )
+        pseudo = getattr(store, "pseudo", None)
+        if pseudo is not None:  # the events it sees carry pseudonyms (privacy/pseudonym.py)
+            spec = _pseudonymised_spec(spec, pseudo.one)
         self.spec = spec
         self.store = store
         if getattr(store, "sealer", None) is not None and getattr(store, "writer", False):
@@ -551,6 +554,19 @@ def _no_events() -> pl.DataFrame:
     from portrait.events.schema import EVENT_SCHEMA
 
     return pl.DataFrame(schema=EVENT_SCHEMA)
+
+
+def _pseudonymised_spec(spec: Spec, one: Callable[[str], str]) -> Spec:
+    """``spec`` with the user ids its ``where`` clauses name replaced by their pseudonyms,
+    so that the filters match the pseudonymised events the engine folds."""
+    features = {}
+    for name, f in spec.features.items():
+        where = tuple((field, tuple(sorted(one(v) for v in values)) if field == USER else values)
+                      for field, values in f.where)
+        features[name] = f if where == f.where else dataclasses.replace(f, where=where)
+    if all(features[n] is f for n, f in spec.features.items()):
+        return spec
+    return dataclasses.replace(spec, features=features)
 
 
 def _spec_key(spec: Spec) -> tuple[Any, ...]:

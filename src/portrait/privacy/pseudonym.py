@@ -11,7 +11,9 @@ exports. Lookups by raw id go through the same function (the store resolves
 every id it is asked for), so ``portrait profile alice`` and
 ``GET /v1/profiles/alice`` work as before and answer with the id as asked;
 lists of users (segment members, audiences) show pseudonyms, which are
-accepted as ids too.
+accepted as ids too. A spec's ``where`` filter on ``user_id`` is written with
+raw ids; the engine applies it with their pseudonyms. A ``first``/``last`` of
+``user_id`` reads the stored pseudonym.
 
 The key never enters the database: it comes from ``PORTRAIT_PSEUDONYM_KEY``
 (the key itself), or ``PORTRAIT_PSEUDONYM_KEY_FILE``, or
