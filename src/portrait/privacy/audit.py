@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from portrait.sqlutil import immediate
 from portrait.timeutil import format_us
 
 FILE = "audit.sqlite"
@@ -125,15 +126,10 @@ class AuditLog:
         with self._connect() as conn:
             hashed = [(at, who, action, None if uid is None else self.target(uid), detail)
                       for at, who, action, uid, detail in rows]
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(conn):
                 conn.executemany(
                     "INSERT INTO audit (at, who, action, target, detail) VALUES (?, ?, ?, ?, ?)",
                     hashed)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
 
     def rows(self, *, target: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         """The newest rows first (of one user's stored id, when ``target`` is given)."""

@@ -61,6 +61,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from portrait.errors import StoreError
 from portrait.fsutil import fsync_path
+from portrait.sqlutil import immediate
 
 MASTER_ENV = "PORTRAIT_MASTER_KEY"
 MASTER_FILE_ENV = "PORTRAIT_MASTER_KEY_FILE"
@@ -242,18 +243,13 @@ class Keyring:
         """Wrap ``entries`` into new blocks and index them, in one transaction."""
         users = list(entries)
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(db):
             for i in range(0, len(users), BLOCK_USERS):
                 chunk = users[i:i + BLOCK_USERS]
                 block = db.execute("INSERT INTO key_blocks (blob) VALUES (?)",
                                    (self._wrap({u: entries[u] for u in chunk}),)).lastrowid
                 db.executemany("INSERT OR REPLACE INTO user_keys VALUES (?, ?)",
                                [(u, block) for u in chunk])
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def _key(self, user: str) -> bytes | None:
         with self._lock:
@@ -298,8 +294,7 @@ class Keyring:
         rows = [(u, b) for u in gone for (b,) in
                 db.execute("SELECT block FROM user_keys WHERE user_id = ?", (u,))]
         blocks = {b for _, b in rows}
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(db):
             for block in blocks:
                 blob = db.execute("SELECT blob FROM key_blocks WHERE block = ?",
                                   (block,)).fetchone()[0]
@@ -310,10 +305,6 @@ class Keyring:
                 else:
                     db.execute("DELETE FROM key_blocks WHERE block = ?", (block,))
             db.executemany("DELETE FROM user_keys WHERE user_id = ?", [(u,) for u, _ in rows])
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         self._forget_cached(gone)
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         db.execute("VACUUM")  # free pages would still hold the wrapped keys
@@ -353,16 +344,11 @@ class Keyring:
         target = AESGCM(new_master)
         blocks = self._blocks()
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(db):
             db.executemany("UPDATE key_blocks SET blob = ? WHERE block = ?",
                            [(_seal(target, orjson.dumps(e), _WRAP_AAD), b) for b, e in blocks])
             db.execute("UPDATE meta SET value = ? WHERE key = 'master_check'",
                        (master_check(new_master),))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         self._master = target
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         db.execute("VACUUM")  # no page may keep a block wrapped by the old master

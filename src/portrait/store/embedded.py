@@ -68,6 +68,7 @@ from portrait.privacy.pseudonym import (
     load_key,
     pending_key_file,
 )
+from portrait.sqlutil import immediate
 from portrait.store.base import (
     CHANGE_SCHEMA,
     MEMBERSHIP_SCHEMA,
@@ -565,8 +566,7 @@ class EmbeddedStore:
         for sub in ("log", "state"):
             fsync_path(self.root / sub)
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(db):
             db.executemany("INSERT INTO files VALUES (?, ?, ?, ?)", new_files)
             db.execute(
                 "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)",
@@ -631,10 +631,6 @@ class EmbeddedStore:
                     commit.consents.select("user_id", "purpose", "granted", "ts", "event_id")
                     .iter_rows())
             self._bump(db, commit, kept)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         if self._seen is not None and commit.events.height:
             self._seen.add(commit.events["event_id"])
         self._maybe_compact()
@@ -726,8 +722,7 @@ class EmbeddedStore:
         states = self._rewrite_without("state", drop, "e")
         removed = {"events": logs.dropped, "state_rows": states.dropped}
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(db):
             logs.record(db)
             states.record(db)
             for table in ("dead_letters", "memberships", "segment_changes", "consents", "vault"):
@@ -737,10 +732,6 @@ class EmbeddedStore:
             self._lower_meta(db, "accepted", removed["events"])
             self._lower_meta(db, "rejected", removed["dead_letters"])
             self._lower_meta(db, "users", 1 if removed["state_rows"] else 0)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         logs.delete_old()
         states.delete_old()
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -790,8 +781,7 @@ class EmbeddedStore:
             rewrites = [self._rewrite_mapped(kind, mapping) for kind in ("log", "state")]
             db = self.db
             letters = self._renamed_letters(mapping)
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(db):
                 for rw in rewrites:
                     rw.record(db)
                 db.execute("CREATE TEMP TABLE IF NOT EXISTS rekey (old TEXT PRIMARY KEY, "
@@ -807,10 +797,6 @@ class EmbeddedStore:
                                letters)
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('pseudonym_check', ?)",
                            (json.dumps(pseudo.check),))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
             for rw in rewrites:
                 rw.delete_old()
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -868,8 +854,7 @@ class EmbeddedStore:
             logs = self._rewrite_without("log", pl.col("ts") < cutoff, "r")
             db = self.db
             vault = self._resealed_vault(cutoff)
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(db):
                 logs.record(db)
                 for rowid, row in vault:
                     if row is None:
@@ -881,10 +866,6 @@ class EmbeddedStore:
                 before = self._get_meta("purged_before")
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('purged_before', ?)",
                            (json.dumps(max(cutoff, before or cutoff)),))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
             logs.delete_old()
             if logs.dropped:
                 self._seen = None  # rebuilt from what the log still holds
@@ -998,16 +979,11 @@ class EmbeddedStore:
         name = f"{kind}/{seq:08d}-c{int(time.time() * 1e6)}.parquet"
         self._write_parquet(frame, name)
         fsync_path(self.root / kind)
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(db):
             db.executemany(
                 "DELETE FROM files WHERE kind = ? AND seq = ?", [(kind, s) for s, _ in old]
             )
             db.execute("INSERT INTO files VALUES (?, ?, ?, ?)", (kind, seq, name, frame.height))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         for _, n in old:
             with contextlib.suppress(FileNotFoundError):
                 (self.root / n).unlink()
