@@ -92,13 +92,11 @@ class Engine:
                     "this database was built with a different spec; ingest into a new --db "
                     "(or omit --spec to use the stored one)"
                 )
-        pseudo = getattr(store, "pseudo", None)
-        if pseudo is not None:  # the events it sees carry pseudonyms (privacy/pseudonym.py)
-            spec = _pseudonymised_spec(spec, pseudo.one)
+        if store.pseudo is not None:  # the events it sees carry pseudonyms
+            spec = _pseudonymised_spec(spec, store.pseudo.one)
         self.spec = spec
         self.store = store
-        if getattr(store, "sealer", None) is not None and getattr(store, "writer", False):
-            store.set_personal_attrs(spec.personal_attrs)  # type: ignore[attr-defined]
+        store.set_personal_attrs(spec.personal_attrs)
         self.batch_size = batch_size
         # Batches up to this many new events are folded row by row in Python
         # (ProfileAggregator.fold_batch), larger ones with vectorised Polars.
@@ -290,11 +288,10 @@ class Engine:
         (the end of an ingest command: decay and windows move members out
         without any new event of theirs).
         """
-        pseudo = getattr(self.store, "pseudo", None)
+        pseudo = self.store.pseudo
         identities: dict[str, str] | None = None
         if pseudo is not None and events.height:  # nothing raw is stored (privacy/pseudonym.py)
-            if getattr(self.store, "sealer", None) is not None:  # kept sealed, for re-keying
-                identities = {}
+            identities = {}  # for re-keying (an encrypted store keeps them)
             events = events.with_columns(pseudo.column(events[USER], identities).alias(USER))
         if events.height:
             first = events["event_id"].is_first_distinct()

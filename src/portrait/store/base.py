@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import polars as pl
 
 from portrait.events.schema import DeadLetter
+
+if TYPE_CHECKING:
+    from portrait.privacy.pseudonym import Pseudonymizer
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,8 @@ class Commit:
     segment_changes: pl.DataFrame | None = None
     # Consent decisions of this batch (privacy/consent.py CONSENT_SCHEMA); latest wins.
     consents: pl.DataFrame | None = None
-    # Stored (pseudonymous) id -> raw id of this batch's users, kept sealed in the
-    # keyring of an encrypted store so its pseudonyms can be re-keyed.
+    # Stored (pseudonymous) id -> raw id of this batch's users: an encrypted store
+    # keeps them in its keyring so its pseudonyms can be re-keyed (others ignore them).
     identities: dict[str, str] | None = None
 
 
@@ -86,6 +89,15 @@ CHANGE_SCHEMA: dict[str, pl.DataType] = {
 
 class Store(Protocol):
     """What the engine needs from a back-end. Implementations: ``EmbeddedStore``."""
+
+    # The key user ids are stored under, or None when they are stored raw
+    # (privacy/pseudonym.py): the engine pseudonymises each batch with it.
+    pseudo: Pseudonymizer | None
+
+    def set_personal_attrs(self, names: tuple[str, ...]) -> None:
+        """The spec's ``privacy.personal_attrs``: the ``attrs`` keys an encrypting store
+        seals from now on (a no-op for a store that does not encrypt)."""
+        ...
 
     def meta(self) -> StoreMeta: ...
 

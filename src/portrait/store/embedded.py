@@ -263,9 +263,10 @@ class EmbeddedStore:
             raise StoreError("this database was made with another master key")
 
     def set_personal_attrs(self, names: tuple[str, ...]) -> None:
-        """The ``attrs`` keys sealed from now on (the spec's ``privacy.personal_attrs``)."""
-        self._require_writer()
-        if self.sealer is None or self.sealer.personal_attrs == frozenset(names):
+        """The ``attrs`` keys sealed from now on (the spec's ``privacy.personal_attrs``);
+        nothing to do in a store that does not encrypt, or for a reader."""
+        if (not self.writer or self.sealer is None
+                or self.sealer.personal_attrs == frozenset(names)):
             return
         self.db.execute("INSERT OR REPLACE INTO meta VALUES ('personal_attrs', ?)",
                         (json.dumps(sorted(names)),))
