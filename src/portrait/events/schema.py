@@ -38,6 +38,9 @@ SPEC_FIELDS: tuple[str, ...] = (
     "event_id", "user_id", "ts", "type", "item_id", "category",
     "price", "quantity", "rating", "text", "lat", "lon",
 )
+# Personal whatever the spec says: sealed at rest (privacy/crypto.py), shown to admin
+# keys only (with attrs, serve/profiles.py).
+PERSONAL_FIELDS: tuple[str, ...] = ("text", "lat", "lon")
 # Fields that can key a map feature (top_k, keyed decayed, distinct).
 KEY_FIELDS: tuple[str, ...] = ("type", "item_id", "category", "text", "event_id")
 

@@ -60,12 +60,12 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from portrait.errors import StoreError
+from portrait.events.schema import PERSONAL_FIELDS
 from portrait.fsutil import fsync_path
 from portrait.sqlutil import immediate
 
 MASTER_ENV = "PORTRAIT_MASTER_KEY"
 MASTER_FILE_ENV = "PORTRAIT_MASTER_KEY_FILE"
-PERSONAL_COLUMNS = ("text", "lat", "lon")
 STORE_KEY_ID = "\x00store"  # the data key of dead letters that name no user
 TEXT_PREFIX = "enc:v1:"
 NONCE = 12
@@ -403,11 +403,11 @@ class Sealer:
         """
         attrs, secret = self._split_attrs(frame)
         entries = frame.with_columns(secret).filter(
-            pl.any_horizontal(pl.col(*PERSONAL_COLUMNS, "secret").is_not_null()))
+            pl.any_horizontal(pl.col(*PERSONAL_FIELDS, "secret").is_not_null()))
         if not entries.height:
             return frame, []
         stripped = frame.with_columns(
-            *(pl.lit(None, frame.schema[c]).alias(c) for c in PERSONAL_COLUMNS), attrs)
+            *(pl.lit(None, frame.schema[c]).alias(c) for c in PERSONAL_FIELDS), attrs)
         return stripped, self._pack(entries)
 
     def _pack(self, entries: pl.DataFrame) -> list[VaultRow]:
@@ -472,7 +472,7 @@ class Sealer:
         joined = frame.join(found.drop("ts"), on="event_id", how="left",
                             maintain_order="left", suffix="_v")
         out = joined.with_columns(
-            pl.coalesce(f"{c}_v", c).alias(c) for c in PERSONAL_COLUMNS)
+            pl.coalesce(f"{c}_v", c).alias(c) for c in PERSONAL_FIELDS)
         return out.with_columns(pl.coalesce("secret", "attrs").alias("attrs")).select(cols)
 
     def seal_text(self, user: str | None, text: str) -> str:

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from portrait.engine.engine import Engine
 from portrait.errors import PermissionDeniedError
+from portrait.events.schema import PERSONAL_FIELDS
 from portrait.serve import queries
 from portrait.serve.auth import Read
 from portrait.serve.problems import PROBLEM_RESPONSES
@@ -74,11 +75,11 @@ def get_events(
     return JSON(out)
 
 
-PERSONAL_FIELDS = ("attrs", "lat", "lon", "text")
+MASKED_FIELDS = tuple(sorted(("attrs", *PERSONAL_FIELDS)))
 
 
 def _masked(event: dict[str, object]) -> dict[str, object]:
-    hidden = [f for f in PERSONAL_FIELDS if f in event]
+    hidden = [f for f in MASKED_FIELDS if f in event]
     if not hidden:
         return event
     return {**{k: v for k, v in event.items() if k not in hidden}, "masked": hidden}

@@ -33,8 +33,6 @@ class EventIn(BaseModel):
     lat: float | None = None
     lon: float | None = None
     attrs: dict[str, Any] | None = None
-    masked: list[str] | None = Field(
-        None, description="personal fields left out: only admin keys see them")
 
 
 class EventBatchIn(BaseModel):
@@ -100,6 +98,8 @@ class LoggedEvent(BaseModel):
     lat: float | None = None
     lon: float | None = None
     attrs: dict[str, Any] | None = None
+    masked: list[str] | None = Field(
+        None, description="personal fields left out: only admin keys see them")
 
 
 class UserEvents(BaseModel):
