@@ -38,7 +38,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -744,7 +744,13 @@ class EmbeddedStore:
         return removed
 
     def _rewrite_without(self, kind: str, drop: pl.Expr, tag: str) -> _Rewrite:
-        """Write a copy of every ``kind`` file holding rows that match ``drop``, without them.
+        """:meth:`_rewrite` of the ``kind`` files without the rows that match ``drop``."""
+        return self._rewrite(kind, tag, lambda frame: frame.filter(~drop), drop)
+
+    def _rewrite(self, kind: str, tag: str, change: Callable[[pl.DataFrame], pl.DataFrame],
+                 touched: pl.Expr) -> _Rewrite:
+        """Write ``change(frame)`` of every ``kind`` file holding rows that match ``touched``
+        under a new name (none when nothing is left).
 
         Files are probed with a predicate scan first (Parquet statistics skip
         row groups), so only files that hold such rows are read whole. The
@@ -754,10 +760,10 @@ class EmbeddedStore:
         out = _Rewrite(self.root, kind)
         for seq, name, _ in _file_rows(self.db, kind):
             lf = pl.scan_parquet(self.root / name)
-            if not lf.filter(drop).select(pl.len()).collect().item():
+            if not lf.filter(touched).select(pl.len()).collect().item():
                 continue
             frame = lf.collect()
-            rest = frame.filter(~drop)
+            rest = change(frame)
             out.dropped += frame.height - rest.height
             new = None
             if rest.height:
@@ -807,17 +813,13 @@ class EmbeddedStore:
                     "dead_letters": len(letters)}
 
     def _rewrite_mapped(self, kind: str, mapping: dict[str, str]) -> _Rewrite:
-        out = _Rewrite(self.root, kind)
-        for seq, name, rows in _file_rows(self.db, kind):
-            frame = pl.read_parquet(self.root / name)
+        """:meth:`_rewrite` of the ``kind`` files with user ids renamed (state files stay
+        sorted by user)."""
+        def rename(frame: pl.DataFrame) -> pl.DataFrame:
             frame = frame.with_columns(pl.col(USER).replace(mapping))
-            if kind == "state":
-                frame = frame.sort(USER)
-            new = f"{kind}/{seq:08d}-k{time.time_ns() // 1000}.parquet"
-            self._write_parquet(frame, new)
-            out.files.append((seq, name, new, rows))
-        fsync_path(self.root / kind)
-        return out
+            return frame.sort(USER) if kind == "state" else frame
+
+        return self._rewrite(kind, "k", rename, pl.col(USER).is_in(list(mapping)))
 
     def _renamed_letters(self, mapping: dict[str, str]) -> list[tuple[str, str, int]]:
         """(reason, raw, id) of every dead letter naming a renamed user, with the new id."""
