@@ -241,25 +241,18 @@ def population_distribution(spec: FeatureSpec, values: pl.Series, bins: int,
     one bin. Times (``first_seen``...) are counted in epoch µs and shown in
     epoch seconds.
     """
-    time = json_type(spec) == "time"
-    scale = 1e-6 if time else 1.0
-    floats = values.cast(pl.Float64)
-    found = floats.filter(floats.is_finite()).to_numpy()
+    found = _finite(spec, values)
     quantiles: dict[str, float | None] = dict.fromkeys(QUANTILES)
-    rows: list[dict[str, Any]] = []
+    counts, edges = np.array([], dtype=np.int64), np.array([0.0])
     if found.size:
         lo, hi = float(found.min()), float(found.max())
         if lo == hi:
             counts, edges = np.array([found.size]), np.array([lo, hi])
         else:
             counts, edges = np.histogram(found, bins=bins, range=(lo, hi))
-        rows = [{"lo": float(edges[i]) * scale, "hi": float(edges[i + 1]) * scale,
-                 "count": int(c)} for i, c in enumerate(counts)]
         qs = np.quantile(found, list(QUANTILES.values()))
-        quantiles = {k: float(q) * scale for k, q in zip(QUANTILES, qs, strict=True)}
-    return {"feature": spec.name, "value_type": "time" if time else "number",
-            "at": None if at is None else format_us(at), "users": values.len(),
-            "nulls": values.len() - int(found.size), "bins": rows, "quantiles": quantiles}
+        quantiles = {k: float(q) for k, q in zip(QUANTILES, qs, strict=True)}
+    return _distribution(spec, values, found, (counts, edges), quantiles=quantiles, at=at)
 
 
 def bounded_distribution(spec: FeatureSpec, values: pl.Series, bins: int,
@@ -267,18 +260,29 @@ def bounded_distribution(spec: FeatureSpec, values: pl.Series, bins: int,
     """The histogram of ``values`` clamped into public ``bounds`` (in the shown unit: epoch
     seconds for times), ``bins`` equal-width bins; exact counts (noise is added by the
     caller); quantiles left to :func:`histogram_quantiles`."""
-    time = json_type(spec) == "time"
-    scale = 1e-6 if time else 1.0
+    found = _finite(spec, values)
     lo, hi = bounds
+    hist = np.histogram(np.clip(found, lo, hi), bins=bins, range=(lo, hi))
+    return _distribution(spec, values, found, hist, quantiles=dict.fromkeys(QUANTILES), at=at)
+
+
+def _finite(spec: FeatureSpec, values: pl.Series) -> np.ndarray:
+    """The finite values, in the shown unit (epoch seconds for times)."""
     floats = values.cast(pl.Float64)
-    found = floats.filter(floats.is_finite()).to_numpy() * scale
-    counts, edges = np.histogram(np.clip(found, lo, hi), bins=bins, range=(lo, hi))
+    found: np.ndarray = floats.filter(floats.is_finite()).to_numpy()
+    return found * 1e-6 if json_type(spec) == "time" else found
+
+
+def _distribution(spec: FeatureSpec, values: pl.Series, found: np.ndarray,
+                  hist: tuple[np.ndarray, np.ndarray], *, quantiles: dict[str, float | None],
+                  at: int | None) -> dict[str, Any]:
+    """The ``Distribution`` answer (schemas.py) of a histogram (counts, edges)."""
+    counts, edges = hist
     rows = [{"lo": float(edges[i]), "hi": float(edges[i + 1]), "count": int(c)}
             for i, c in enumerate(counts)]
-    return {"feature": spec.name, "value_type": "time" if time else "number",
+    return {"feature": spec.name, "value_type": "time" if json_type(spec) == "time" else "number",
             "at": None if at is None else format_us(at), "users": values.len(),
-            "nulls": values.len() - int(found.size), "bins": rows,
-            "quantiles": dict.fromkeys(QUANTILES)}
+            "nulls": values.len() - int(found.size), "bins": rows, "quantiles": quantiles}
 
 
 def histogram_quantiles(rows: list[dict[str, Any]]) -> dict[str, float | None]:
