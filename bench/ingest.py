@@ -58,7 +58,7 @@ from portrait.store import open_store  # noqa: E402
 from portrait.timeutil import format_us, parse_rfc3339  # noqa: E402
 
 SPEC = Path(portrait.__file__).resolve().parent / "data" / "spec.yaml"
-from record import append_row  # noqa: E402  (bench/ is on sys.path above)
+from record import append_row, git_rev  # noqa: E402  (bench/ is on sys.path above)
 
 BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 SECTION = "## Ingest benchmark (`bench/ingest.py`)"
@@ -275,17 +275,6 @@ def src_digest() -> str:
     for f in sorted(Path(portrait.__file__).resolve().parent.rglob("*.py")):
         h.update(f.read_bytes())
     return h.hexdigest()[:12]
-
-
-def git_rev() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True,
-                             capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               check=True, capture_output=True, text=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return rev + ("+dirty" if dirty else "")
 
 
 HEADER = f"""{SECTION}

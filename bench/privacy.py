@@ -30,7 +30,6 @@ import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +43,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
-from record import append_row  # noqa: E402  (bench/ is on sys.path above)
+from record import append_row, git_rev  # noqa: E402  (bench/ is on sys.path above)
 
 BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 SECTION = "## Privacy cost (`bench/privacy.py`)"
@@ -164,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     on = n / statistics.median(times[True])
     result = {
         "bench": "privacy", "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
-        "commit": _rev(), "events": n, "users": args.users, "rounds": args.rounds,
+        "commit": git_rev(), "events": n, "users": args.users, "rounds": args.rounds,
         "personal_share": args.personal_share, "encrypted": True,
         "dataset": args.dataset or "synthetic",
         "privacy_off_events_per_s": round(off), "privacy_on_events_per_s": round(on),
@@ -180,14 +179,6 @@ def main(argv: list[str] | None = None) -> int:
         _record(result)
     print(orjson.dumps(result).decode())
     return 0
-
-
-def _rev() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True,
-                              capture_output=True, text=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _record(r: dict[str, object]) -> None:

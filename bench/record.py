@@ -1,8 +1,25 @@
-"""Shared by the benchmarks: append one dated result row to a section of BENCHMARKS.md."""
+"""Shared by the benchmarks: the commit measured, and one dated result row appended to a
+section of BENCHMARKS.md."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def git_rev() -> str:
+    """The short commit, ``+dirty`` when tracked code (``src/``, ``bench/``) differs from it."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True,
+                             capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "src",
+                                "bench"], cwd=REPO, check=True, capture_output=True,
+                               text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + ("+dirty" if dirty else "")
 
 
 def append_row(md: Path, section: str, header: str, row: str) -> None:

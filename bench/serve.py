@@ -81,7 +81,7 @@ REPO = BENCH.parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
-from record import append_row  # noqa: E402  (bench/ is on sys.path above)
+from record import append_row, git_rev  # noqa: E402  (bench/ is on sys.path above)
 
 BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 SECTION = "## HTTP serving (`bench/serve.py`)"
@@ -510,17 +510,6 @@ def machine(load_start: tuple[float, float, float]) -> dict[str, Any]:
         "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
     }
-
-
-def git_rev() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True,
-                             capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=REPO, check=False,
-                               capture_output=True, text=True).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def record(result: dict[str, Any]) -> None:
