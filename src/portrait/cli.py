@@ -52,7 +52,10 @@ def _audit(db: Path, action: str, stored_id: str | None, detail: str | None = No
         raise StoreError(f"cannot write the audit log in {str(db)!r}: {exc}") from exc
 
 
-def _open_engine(db: Path, spec: Path | None = None, *, writer: bool = False) -> Any:
+def _open_engine(db: Path, spec: Path | None = None, *, writer: bool = False,
+                 pseudonymise: bool = False, encrypt: bool = False) -> Any:
+    """An engine over ``db``; with ``pseudonymise``/``encrypt``, privacy is turned on for
+    a new database first (privacy/setup.py), so the engine starts with it."""
     from portrait.engine import Engine
     from portrait.spec.loader import load_spec
     from portrait.store import open_store
@@ -61,7 +64,15 @@ def _open_engine(db: Path, spec: Path | None = None, *, writer: bool = False) ->
     if writer and spec_obj is None and not (db / "portrait.sqlite").exists():
         raise StoreError(f"{str(db)!r} is a new database: pass --spec on the first ingest")
     store = open_store(db, writer=writer)
-    return Engine(spec_obj, store)
+    try:
+        if pseudonymise or encrypt:
+            from portrait.privacy.setup import protect
+
+            protect(store, pseudonymise=pseudonymise, encrypt=encrypt)
+        return Engine(spec_obj, store)
+    except BaseException:
+        store.close()
+        raise
 
 
 @app.command()
@@ -91,15 +102,10 @@ def ingest(
                 raise SourceError(f"{str(f)!r}: no such file")
             if not f.is_file():
                 raise SourceError(f"{str(f)!r}: not a regular file")
-        engine = _open_engine(db, spec, writer=True)
+        engine = _open_engine(db, spec, writer=True, pseudonymise=pseudonymise,
+                              encrypt=encrypt)
         engine.batch_size = batch_size
         try:
-            if pseudonymise or encrypt:
-                from portrait.privacy.setup import protect
-
-                protect(engine.store, pseudonymise=pseudonymise, encrypt=encrypt)
-                engine = type(engine)(engine.spec, engine.store)  # reads the privacy set-up
-                engine.batch_size = batch_size
             summary = _run_ingest(engine, files, quiet)
         finally:
             engine.store.close()
