@@ -18,7 +18,9 @@ soon as its commit returned; a synchronous ``POST /v1/events`` answers after
 that, so a client that got 200 reads its own writes.
 
 Memory: rows of recent commits are kept by reference to the commit's states
-frame; when they cover more than a quarter of the base, the view is rebuilt
+frame (in two levels, so a publication copies a bounded map, not every recent
+row: 7.6 ms per commit for 250,000 entries); when they cover more than a
+quarter of the base, the view is rebuilt
 from the engine's (already folded) state cache, the way the engine folds its
 own overlay.
 
@@ -30,6 +32,7 @@ new watermark is a new answer for everyone, computed lazily on the next read).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,6 +45,7 @@ from portrait.errors import UnknownUserError
 from portrait.features.base import USER
 
 REBUILD_MIN_ROWS = 1_000  # below this many recent rows, never rebuild the base
+RECENT_MAX = 4_096  # recent rows copied per publication; past this, merged into ``older``
 
 
 @dataclass(frozen=True)
@@ -54,11 +58,13 @@ class LiveView:
     base_seq: int  # the publication that built ``base``
     index: Mapping[str, int]  # user -> row of ``base``
     recent: Mapping[str, tuple[pl.DataFrame, int, int]] = field(default_factory=dict)
-    # user -> (states frame of a later commit, row, publication)
+    # user -> (states frame of a later commit, row, publication). Two levels, so a
+    # publication copies at most RECENT_MAX entries: ``recent`` (newest) over ``older``.
+    older: Mapping[str, tuple[pl.DataFrame, int, int]] = field(default_factory=dict)
 
     def locate(self, user_id: str) -> tuple[pl.DataFrame, int, int] | None:
         """Where ``user_id``'s newest state row is: (frame, row, publication), or None."""
-        hit = self.recent.get(user_id)
+        hit = self.recent.get(user_id) or self.older.get(user_id)
         if hit is not None:
             return hit
         i = self.index.get(user_id)
@@ -94,15 +100,19 @@ class Live:
         states = engine.last_committed
         seq = view.seq + 1
         if states.height == 0:
-            self.view = LiveView(seq, engine.watermark, view.base, view.base_seq, view.index,
-                                 view.recent)
+            self.view = dataclasses.replace(view, seq=seq, watermark=engine.watermark)
             return
         recent = dict(view.recent)
         recent.update((u, (states, i, seq)) for i, u in enumerate(states[USER].to_list()))
-        if len(recent) > REBUILD_MIN_ROWS and len(recent) * 4 > view.base.height:
+        older = view.older
+        if len(recent) > RECENT_MAX:  # a copy of the large level every RECENT_MAX rows only
+            older, recent = {**older, **recent}, {}
+        rows = len(recent) + len(older)  # at most: a user may be in both
+        if rows > REBUILD_MIN_ROWS and rows * 4 > view.base.height:
             self.publish_all(engine)
             return
-        self.view = LiveView(seq, engine.watermark, view.base, view.base_seq, view.index, recent)
+        self.view = dataclasses.replace(view, seq=seq, watermark=engine.watermark,
+                                        recent=recent, older=older)
 
     # -- readers ---------------------------------------------------------------
     def profile(self, user_id: str, at: int | None = None) -> dict[str, Any] | None:
